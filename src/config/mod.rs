@@ -1,9 +1,15 @@
 //! Configuration: the TOML file model, its validation, and the immutable runtime [`Snapshot`] built from it.
 
 pub mod file;
+mod load;
 mod problem;
 mod secret;
+pub mod snapshot;
 pub mod source;
+pub mod validate;
 
+pub use load::{load, load_with, text_hash};
 pub use problem::{ConfigError, Problem, ProblemKind, Problems};
 pub use secret::{resolve_secret, Secret};
+pub use snapshot::{Route, Snapshot};
+pub use validate::Mode;

@@ -1,0 +1,389 @@
+//! Forwarding a permitted request to its upstream and the response back: hop-by-hop stripping, `X-Forwarded-*`,
+//! identity headers, upgrades (WebSocket) and streaming bodies with backpressure.
+//!
+//! Nothing here decides who may pass: [`forward`] takes the [`Permit`] that only `auth` can make. Bodies are never
+//! buffered; hyper's flow control carries backpressure from the slower side to the faster one.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::auth::{apply_identity, Permit};
+use crate::config::snapshot::{Route, TrustedProxies};
+use crate::tls::TlsError;
+
+/// How long idle upstream connections stay pooled.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle upstream connections kept per upstream.
+const POOL_MAX_IDLE: usize = 512;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream refused or could not be reached.
+    #[error("cannot connect to upstream {upstream}")]
+    Connect {
+        /// The upstream.
+        upstream: String,
+        /// The cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// Connecting took longer than `server.timeouts.upstream_connect_secs`.
+    #[error("connecting to upstream {upstream} timed out (server.timeouts.upstream_connect_secs)")]
+    ConnectTimeout {
+        /// The upstream.
+        upstream: String,
+    },
+    /// The upstream sent no response headers in time.
+    #[error("upstream {upstream} sent no response within {}s (server.timeouts.upstream_response_secs)", after.as_secs())]
+    ResponseTimeout {
+        /// The upstream.
+        upstream: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The exchange failed after connecting.
+    #[error("upstream {upstream} failed")]
+    Exchange {
+        /// The upstream.
+        upstream: String,
+        /// The cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The upstream request could not be built.
+    #[error("cannot build the upstream request URI")]
+    Uri(#[source] http::Error),
+}
+
+impl ProxyError {
+    /// A fixed word for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::ResponseTimeout { .. } => "timeout",
+            ProxyError::Exchange { .. } => "exchange",
+            ProxyError::Uri(_) => "uri",
+        }
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled keep-alive HTTP/1.1 client for upstreams (plain, or TLS with the configured CAs).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<Connector, Incoming>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamClient")
+    }
+}
+
+impl UpstreamClient {
+    /// Builds a client; `ca_file` adds CAs trusted for HTTPS upstreams.
+    ///
+    /// # Errors
+    /// The CA file cannot be read or holds no certificate.
+    pub fn new(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Self, TlsError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = crate::tls::client_config(ca_file)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Ok(Self { inner })
+    }
+}
+
+/// Headers that describe one hop and never cross a proxy (RFC 9110 §7.6.1), plus the legacy ones.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `Forwarded` (RFC 7239).
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Removes hop-by-hop headers, including every header named in `Connection` (RFC 9110 §7.6.1).
+///
+/// Returns the `Upgrade` value when the message asks for a protocol upgrade, so the caller can keep it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut upgrade = false;
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
+                }
+                HeaderName::from_bytes(t.as_bytes()).ok()
+            })
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let up = headers.remove(header::UPGRADE);
+    if upgrade {
+        up
+    } else {
+        None
+    }
+}
+
+/// What the connection knows about the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The TCP peer's address.
+    pub ip: IpAddr,
+    /// Whether that peer is a trusted proxy.
+    pub trusted: bool,
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `X-Request-Id` (RFC 7239 semantics, de-facto
+/// header names). Values from untrusted peers are replaced, never appended to.
+pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: Peer, host: &HeaderValue, request_id: &HeaderValue) {
+    let ip = HeaderValue::from_str(&peer.ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    if peer.trusted {
+        let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        let xff = if prior.is_empty() {
+            ip.clone()
+        } else {
+            let joined = format!("{}, {}", prior.join(", "), peer.ip);
+            HeaderValue::from_str(&joined).unwrap_or_else(|_| ip.clone())
+        };
+        headers.insert(X_FORWARDED_FOR, xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(X_REAL_IP, ip);
+        }
+    } else {
+        headers.remove(FORWARDED);
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(X_REAL_IP, ip);
+    }
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Makes the request an upstream request and sends it; the response comes back with hop-by-hop headers removed.
+///
+/// `host` is the Host the client addressed (with port, as received). An HTTP/1.1 upgrade (WebSocket) is tunnelled
+/// both ways once the upstream answers 101; the tunnel task runs on `tunnels` so a shutdown can drain it.
+///
+/// # Errors
+/// The upstream could not be reached or did not answer in time.
+pub async fn forward(
+    mut req: Request<Incoming>,
+    route: &Route,
+    permit: &Permit,
+    peer: Peer,
+    host: &HeaderValue,
+    request_id: &HeaderValue,
+    tunnels: &tokio_util::task::TaskTracker,
+) -> Result<Response<Incoming>, ProxyError> {
+    let client_upgrade = {
+        let headers = req.headers_mut();
+        let upgrade = strip_hop_by_hop(headers);
+        apply_identity(&route.policy, permit, headers);
+        set_forwarding_headers(headers, peer, host, request_id);
+        if route.preserve_host {
+            headers.insert(header::HOST, host.clone());
+        } else {
+            headers.remove(header::HOST);
+        }
+        upgrade
+    };
+    let on_upgrade = match &client_upgrade {
+        Some(proto) if req.version() == Version::HTTP_11 => {
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+            Some(hyper::upgrade::on(&mut req))
+        }
+        _ => None,
+    };
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(ProxyError::Uri)?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+
+    let upstream = || route.upstream.to_string();
+    let mut resp = match tokio::time::timeout(route.response_timeout, route.client.inner.request(req)).await {
+        Err(_) => {
+            return Err(ProxyError::ResponseTimeout {
+                upstream: upstream(),
+                after: route.response_timeout,
+            })
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            return Err(if is_timeout(&e) {
+                ProxyError::ConnectTimeout { upstream: upstream() }
+            } else {
+                ProxyError::Connect { upstream: upstream(), source: e }
+            })
+        }
+        Ok(Err(e)) => return Err(ProxyError::Exchange { upstream: upstream(), source: e }),
+        Ok(Ok(resp)) => resp,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = on_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            let name = route.name.clone();
+            tunnels.spawn(async move {
+                match tokio::try_join!(client_side, upstream_side) {
+                    Ok((client_io, upstream_io)) => {
+                        let mut a = TokioIo::new(client_io);
+                        let mut b = TokioIo::new(upstream_io);
+                        match tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                            Ok((up, down)) => tracing::debug!(route.name = %name, tunnel.bytes_up = up, tunnel.bytes_down = down, "upgraded connection closed"),
+                            Err(e) => tracing::debug!(route.name = %name, error = %e, "upgraded connection ended with an error"),
+                        }
+                    }
+                    Err(e) => tracing::info!(route.name = %name, error = %e, "upgrade failed"),
+                }
+            });
+            let proto = resp.headers_mut().remove(header::UPGRADE);
+            strip_hop_by_hop(resp.headers_mut());
+            if let Some(p) = proto {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                resp.headers_mut().insert(header::UPGRADE, p);
+            }
+            return Ok(resp);
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if s.to_string().contains("timed out") {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret, Remote-User"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("remote-user", HeaderValue::from_static("admin"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert_eq!(strip_hop_by_hop(&mut h), None, "upgrade not requested in Connection");
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_is_reported_when_connection_asks_for_it() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(strip_hop_by_hop(&mut h), Some(HeaderValue::from_static("websocket")));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peer_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.test"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        let peer = Peer { ip: "10.0.0.9".parse().expect("ip"), trusted: false };
+        set_forwarding_headers(&mut h, peer, &HeaderValue::from_static("app.test"), &HeaderValue::from_static("rid"));
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.test");
+        assert_eq!(h[&X_REAL_IP], "10.0.0.9");
+        assert!(!h.contains_key("forwarded"));
+        assert_eq!(h[&X_REQUEST_ID], "rid");
+    }
+
+    #[test]
+    fn forwarding_headers_from_trusted_peer_are_appended() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let peer = Peer { ip: "127.0.0.1".parse().expect("ip"), trusted: true };
+        set_forwarding_headers(&mut h, peer, &HeaderValue::from_static("app.test"), &HeaderValue::from_static("rid"));
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.test");
+    }
+}

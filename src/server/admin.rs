@@ -1,0 +1,72 @@
+//! The plain-HTTP services: the admin listener (`/healthz`, `/readyz`, `/metrics`) and the HTTP listener, which
+//! redirects everything to HTTPS except health checks and ACME HTTP-01 challenges.
+//!
+//! Nothing here proxies or authenticates.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::listener::Plain;
+use crate::error::plain;
+use crate::router::Host;
+use crate::state::Shared;
+
+/// Handles a request on a plain listener.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    kind: Plain,
+    _peer: SocketAddr,
+    https_port: u16,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let resp = match (kind, path) {
+        (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (_, "/readyz") if shared.is_ready() => plain(StatusCode::OK, "ready\n"),
+        (_, "/readyz") => plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (Plain::Admin, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        (Plain::Admin, _) => plain(StatusCode::NOT_FOUND, "not found\n"),
+        (Plain::Redirect, p) if p.starts_with("/.well-known/acme-challenge/") => {
+            plain(StatusCode::NOT_FOUND, "no acme challenge pending\n")
+        }
+        (Plain::Redirect, _) => redirect_to_https(&req, https_port),
+    };
+    Ok(resp)
+}
+
+/// 308 keeps the method and body (RFC 9110 §15.4.9), so a POST is not turned into a GET.
+fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<Full<Bytes>> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+    let Some(host) = host.and_then(|h| Host::parse(&h).ok()) else {
+        return plain(StatusCode::BAD_REQUEST, "bad request: missing or invalid Host\n");
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{https_port}{pq}")
+    };
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return plain(StatusCode::BAD_REQUEST, "bad request\n");
+    };
+    let mut resp = plain(StatusCode::PERMANENT_REDIRECT, "redirecting to https\n");
+    resp.headers_mut().insert(header::LOCATION, value);
+    resp
+}

@@ -1,0 +1,144 @@
+//! One request on the HTTPS listener: host, route, certificate check, authorization, forwarding, response.
+//!
+//! The snapshot is loaded once per request and kept to the end, so a reload never changes a request midway.
+//! Every failure becomes a response through `error::respond`; nothing returned to hyper is an `Err`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::access::{AccessRecord, LoggedBody};
+use super::listener::ConnInfo;
+use crate::error::{respond, RequestError};
+use crate::proxy::{self, Peer};
+use crate::router::Host;
+use crate::state::Shared;
+
+/// The service name used in logs and metrics for requests that matched no service.
+const NO_SERVICE: &str = "-";
+
+/// Longest `X-Request-Id` accepted from a client; longer or odd ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Handles one request; never fails.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let start = Instant::now();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let path: Box<str> = req.uri().path().into();
+    let raw_host = host_value(&req);
+    let mut record = AccessRecord {
+        method,
+        host: raw_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-")
+            .into(),
+        path,
+        status: http::StatusCode::OK,
+        service: Arc::from(NO_SERVICE),
+        upstream: None,
+        request_id: request_id.clone(),
+        client: conn.peer,
+        error: None,
+        start,
+    };
+    let result = route_and_forward(req, raw_host, &conn, &shared, &request_id, &mut record).await;
+    let mut resp = match result {
+        Ok(resp) => resp.map(Either::Left),
+        Err(err) => {
+            record.error = Some(err.reason());
+            log_error(&err, &record);
+            let id = request_id.to_str().unwrap_or("-");
+            respond(&err, id).map(Either::Right)
+        }
+    };
+    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id);
+    record.status = resp.status();
+    Ok(resp.map(|b| LoggedBody::new(b, record, shared)))
+}
+
+async fn route_and_forward(
+    req: Request<Incoming>,
+    raw_host: Option<HeaderValue>,
+    conn: &ConnInfo,
+    shared: &Shared,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+) -> Result<Response<Incoming>, RequestError> {
+    let snap = shared.snapshot.load_full();
+    let raw_host = raw_host.ok_or(RequestError::MissingHost)?;
+    let host = Host::parse(raw_host.to_str().map_err(|_| RequestError::MissingHost)?)?;
+    record.host = host.as_str().into();
+    let route = snap
+        .router
+        .lookup(host.as_str())
+        .ok_or_else(|| RequestError::UnknownHost { host: host.to_string() })?;
+    record.service = Arc::from(route.name.as_str());
+    if let Some(cert) = &conn.cert {
+        if !cert.covers(host.as_str()) {
+            return Err(RequestError::Misdirected {
+                host: host.to_string(),
+                sni: conn.sni.clone(),
+            });
+        }
+    }
+    let permit = shared
+        .auth
+        .authorize(&snap.auth, &route.policy, req.method(), req.uri().path(), req.headers())
+        .await?;
+    let peer = Peer {
+        ip: conn.peer.ip(),
+        trusted: snap.trusted_proxies.is_trusted(conn.peer.ip()),
+    };
+    record.upstream = Some(route.upstream.to_string().into());
+    Ok(proxy::forward(req, route, &permit, peer, &raw_host, request_id, &shared.tunnels).await?)
+}
+
+/// The host the client addressed: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.
+fn host_value(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(auth) = req.uri().authority() {
+        return HeaderValue::from_str(auth.as_str()).ok();
+    }
+    req.headers().get(header::HOST).cloned()
+}
+
+/// Propagates a well-formed client `X-Request-Id`, else makes a new one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(proxy::X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        {
+            return v.clone();
+        }
+    }
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    HeaderValue::from_bytes(id.simple().encode_lower(&mut buf).as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn log_error(err: &RequestError, r: &AccessRecord) {
+    let id = r.request_id.to_str().unwrap_or("-");
+    match err {
+        RequestError::Proxy(e) => {
+            tracing::warn!(route.name = %r.service, request.id = id, error = %e, cause = ?std::error::Error::source(e).map(ToString::to_string), "upstream request failed")
+        }
+        RequestError::Auth(e) => {
+            tracing::info!(route.name = %r.service, request.id = id, auth.decision = "deny", auth.reason = %e, "request refused")
+        }
+        RequestError::MissingHost | RequestError::BadHost(_) | RequestError::UnknownHost { .. } | RequestError::Misdirected { .. } => {
+            tracing::debug!(request.id = id, error = %err, "request refused")
+        }
+    }
+}

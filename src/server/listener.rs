@@ -1,0 +1,315 @@
+//! Sockets: binding the listeners, accepting, the TLS handshake under a timeout, and serving each connection
+//! with hyper (HTTP/1.1 with upgrades, HTTP/2 by ALPN) until it ends, idles out or is drained.
+//!
+//! No request logic lives here; `handle` gets every request on the HTTPS listener.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::snapshot::ListenAddrs;
+use crate::metrics::KindLabels;
+use crate::state::Shared;
+use crate::tls::CertEntry;
+
+/// The bound sockets. Binding happens before `run`, so tests can bind port 0 and read the real ports.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTPS.
+    pub https: TcpListener,
+    /// Plain HTTP (redirects).
+    pub http: Option<TcpListener>,
+    /// Admin.
+    pub admin: Option<TcpListener>,
+}
+
+/// The addresses actually bound.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// HTTPS.
+    pub https: SocketAddr,
+    /// Plain HTTP.
+    pub http: Option<SocketAddr>,
+    /// Admin.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// Binds every configured listener.
+    ///
+    /// # Errors
+    /// An address is in use or not available; the error names the listener.
+    pub async fn bind(addrs: &ListenAddrs) -> io::Result<Self> {
+        let named = |what: &'static str, addr: SocketAddr| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("cannot bind the {what} listener on {addr} (server.{what}): {e}"))
+        };
+        let https = TcpListener::bind(addrs.https).await.map_err(named("https", addrs.https))?;
+        let http = match addrs.http {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(named("http", a))?),
+            None => None,
+        };
+        let admin = match addrs.admin {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(named("admin", a))?),
+            None => None,
+        };
+        Ok(Self { https, http, admin })
+    }
+
+    /// The bound addresses (real ports when port 0 was asked for).
+    ///
+    /// # Errors
+    /// The OS cannot report a socket's address.
+    pub fn local_addrs(&self) -> io::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            https: self.https.local_addr()?,
+            http: self.http.as_ref().map(TcpListener::local_addr).transpose()?,
+            admin: self.admin.as_ref().map(TcpListener::local_addr).transpose()?,
+        })
+    }
+}
+
+/// What a request knows about its connection.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) sni: Option<String>,
+    /// The certificate presented in the handshake (for the 421 check).
+    pub(crate) cert: Option<Arc<CertEntry>>,
+}
+
+/// Which service a plain listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plain {
+    /// The HTTP-to-HTTPS redirector.
+    Redirect,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    Admin,
+}
+
+impl Plain {
+    fn label(self) -> &'static str {
+        match self {
+            Plain::Redirect => "http",
+            Plain::Admin => "admin",
+        }
+    }
+}
+
+/// Common per-run context of the accept loops.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) conns: TaskTracker,
+    pub(crate) https_port: u16,
+}
+
+fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
+    let snap = shared.snapshot.load();
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(snap.timeouts.request_header)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Accepts TLS connections until stopped.
+pub(crate) async fn accept_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, ctx: Ctx) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { accept_error(&e).await; continue; }
+            },
+        };
+        let ctx2 = ctx.clone();
+        let acceptor = acceptor.clone();
+        ctx.conns.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let handshake_timeout = ctx2.shared.snapshot.load().timeouts.tls_handshake;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(client.addr = %peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client.addr = %peer, "tls handshake timed out (server.timeouts.tls_handshake_secs)");
+                    return;
+                }
+            };
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            let cert = ctx2.shared.snapshot.load().certs.find(sni.as_deref());
+            let info = Arc::new(ConnInfo { peer, sni, cert });
+            let shared = Arc::clone(&ctx2.shared);
+            let svc = service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
+            serve(tls, svc, &ctx2, "https").await;
+        });
+    }
+}
+
+/// Accepts plain-HTTP connections (redirector or admin) until stopped.
+pub(crate) async fn accept_plain(listener: TcpListener, kind: Plain, ctx: Ctx) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { accept_error(&e).await; continue; }
+            },
+        };
+        let ctx2 = ctx.clone();
+        ctx.conns.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let shared = Arc::clone(&ctx2.shared);
+            let port = ctx2.https_port;
+            let svc = service_fn(move |req| super::admin::handle(req, kind, peer, port, Arc::clone(&shared)));
+            serve(tcp, svc, &ctx2, kind.label()).await;
+        });
+    }
+}
+
+async fn accept_error(e: &io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    // Out of file descriptors and similar: back off instead of spinning.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn serve<S, IO, B>(io: IO, svc: S, ctx: &Ctx, listener: &'static str)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _open = OpenConn::new(&ctx.shared, listener);
+    let idle = ctx.shared.snapshot.load().timeouts.idle;
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = IdleIo {
+        inner: io,
+        last: Arc::clone(&last),
+        epoch,
+    };
+    let builder = builder(&ctx.shared);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let check_every = (idle / 4).max(Duration::from_millis(250));
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(listener, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = ctx.stop.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = tokio::time::sleep(check_every), if !draining => {
+                let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    // Graceful: a request still in flight finishes before the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+    }
+}
+
+/// Counts activity on a connection so idle ones can be closed.
+struct IdleIo<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<T> IdleIo<T> {
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Gauge guard for open connections.
+struct OpenConn<'a> {
+    shared: &'a Shared,
+    listener: &'static str,
+}
+
+impl<'a> OpenConn<'a> {
+    fn new(shared: &'a Shared, listener: &'static str) -> Self {
+        shared.metrics.open_connections.get_or_create(&KindLabels { kind: listener }).inc();
+        Self { shared, listener }
+    }
+}
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .open_connections
+            .get_or_create(&KindLabels { kind: self.listener })
+            .dec();
+    }
+}

@@ -1,0 +1,12 @@
+//! Serving: listeners, the accept loops, the per-request handler, the admin and redirect listeners, the reload
+//! watcher, and the graceful drain.
+
+mod access;
+mod admin;
+mod handle;
+mod listener;
+mod run;
+mod watch;
+
+pub use listener::{BoundAddrs, Listeners};
+pub use run::{run, DrainReport, SniResolver};

@@ -1,0 +1,101 @@
+//! State shared by every connection: the current snapshot, long-lived caches and metrics, and reloading.
+//!
+//! The snapshot is swapped whole; caches that must outlive a reload (JWKS, sessions) live here, outside it.
+//! Reload never runs on the request path: it is driven by SIGHUP or the file watcher.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::Authenticator;
+use crate::config::{ConfigError, Mode, Snapshot};
+use crate::metrics::{KindLabels, Metrics};
+
+/// Everything the server shares across connections.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration in force.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Token and key caches.
+    pub auth: Authenticator,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Whether listeners are bound and serving.
+    pub ready: AtomicBool,
+    /// Upgraded connections (WebSockets) being tunnelled, drained on shutdown.
+    pub tunnels: tokio_util::task::TaskTracker,
+    config_path: PathBuf,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid; the old one keeps serving.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The loader task failed.
+    #[error("reload task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl Shared {
+    /// Shared state around an initial snapshot loaded from `config_path`.
+    pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            auth: Authenticator::new(),
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+            tunnels: tokio_util::task::TaskTracker::new(),
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The config file this state reloads from.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Re-reads the configuration off the hot path and swaps it in atomically; an invalid file is logged and
+    /// the current snapshot keeps serving. Requests in flight finish on the snapshot they loaded.
+    ///
+    /// # Errors
+    /// The new file is invalid (every problem is in the error).
+    pub async fn reload(&self) -> Result<Arc<Snapshot>, ReloadError> {
+        let _serial = self.reload_lock.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load_with(&path, &|n| std::env::var(n).ok(), Mode::Serve))
+            .await
+            .map_err(ReloadError::Task)?;
+        match loaded {
+            Ok(new) => {
+                let new = Arc::new(new);
+                let old = self.snapshot.load_full();
+                if old.listen != new.listen {
+                    tracing::warn!(
+                        config.file = %self.config_path.display(),
+                        "listener addresses changed in the configuration; they take effect only after a restart"
+                    );
+                }
+                self.snapshot.store(Arc::clone(&new));
+                self.metrics.reloads.get_or_create(&KindLabels { kind: "ok" }).inc();
+                tracing::info!(config.hash = %new.hash, config.services = new.routes.len(), certs.count = new.certs.entries().len(), "configuration reloaded");
+                Ok(new)
+            }
+            Err(e) => {
+                self.metrics.reloads.get_or_create(&KindLabels { kind: "failed" }).inc();
+                tracing::error!(config.file = %self.config_path.display(), error = %e, "configuration reload rejected; the previous configuration keeps serving");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether `/readyz` answers ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
