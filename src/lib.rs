@@ -2,3 +2,5 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line, sets up telemetry, loads the
 //! configuration and calls [`run`].
+
+pub mod echo;
