@@ -1,1 +1,3 @@
+//! The `portcullis` binary: command line, telemetry, configuration, then the library's `run`.
+
 fn main() {}
