@@ -52,7 +52,9 @@ impl RequestError {
             RequestError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             RequestError::Auth(e) => e.status(),
             RequestError::Proxy(e) => match e {
-                ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
                 ProxyError::Connect { .. } | ProxyError::Exchange { .. } => StatusCode::BAD_GATEWAY,
                 ProxyError::Uri(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -76,8 +78,10 @@ impl RequestError {
 pub fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -85,21 +89,33 @@ pub fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 pub fn respond(err: &RequestError, request_id: &str) -> Response<Full<Bytes>> {
     let status = err.status();
     let body = match err {
-        RequestError::MissingHost | RequestError::BadHost(_) => "bad request: missing or invalid Host\n".to_owned(),
+        RequestError::MissingHost | RequestError::BadHost(_) => {
+            "bad request: missing or invalid Host\n".to_owned()
+        }
         RequestError::UnknownHost { .. } => "not found: no service for this host\n".to_owned(),
-        RequestError::Misdirected { .. } => "misdirected request: this connection's certificate does not cover the host\n".to_owned(),
+        RequestError::Misdirected { .. } => {
+            "misdirected request: this connection's certificate does not cover the host\n"
+                .to_owned()
+        }
         RequestError::Auth(_) if status == StatusCode::FORBIDDEN => "forbidden\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::UNAUTHORIZED => "unauthorized\n".to_owned(),
         RequestError::Auth(_) => format!("authentication unavailable (request id {request_id})\n"),
         RequestError::Proxy(_) if status == StatusCode::GATEWAY_TIMEOUT => {
-            format!("gateway timeout: the service did not answer in time (request id {request_id})\n")
+            format!(
+                "gateway timeout: the service did not answer in time (request id {request_id})\n"
+            )
         }
-        RequestError::Proxy(_) => format!("bad gateway: the service could not be reached (request id {request_id})\n"),
+        RequestError::Proxy(_) => {
+            format!("bad gateway: the service could not be reached (request id {request_id})\n")
+        }
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let RequestError::Auth(e) = err {
         if let Some(challenge) = e.www_authenticate() {

@@ -87,7 +87,13 @@ pub struct Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter())
+    Histogram::new(
+        [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]
+        .into_iter(),
+    )
 }
 
 impl Default for Metrics {
@@ -106,12 +112,36 @@ impl Metrics {
         let open_connections = Family::default();
         let reloads = Family::default();
         let auth_decisions = Family::default();
-        registry.register(HTTP_REQUESTS, "Requests by service and status class", requests.clone());
-        registry.register(HTTP_REQUEST_DURATION, "Time to response headers by service", duration.clone());
-        registry.register(UPSTREAM_ERRORS, "Failed upstream exchanges by service and kind", upstream_errors.clone());
-        registry.register(OPEN_CONNECTIONS, "Open client connections by listener", open_connections.clone());
-        registry.register(CONFIG_RELOADS, "Configuration reloads by result", reloads.clone());
-        registry.register(AUTH_DECISIONS, "Authorization decisions by service and decision", auth_decisions.clone());
+        registry.register(
+            HTTP_REQUESTS,
+            "Requests by service and status class",
+            requests.clone(),
+        );
+        registry.register(
+            HTTP_REQUEST_DURATION,
+            "Time to response headers by service",
+            duration.clone(),
+        );
+        registry.register(
+            UPSTREAM_ERRORS,
+            "Failed upstream exchanges by service and kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            OPEN_CONNECTIONS,
+            "Open client connections by listener",
+            open_connections.clone(),
+        );
+        registry.register(
+            CONFIG_RELOADS,
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            AUTH_DECISIONS,
+            "Authorization decisions by service and decision",
+            auth_decisions.clone(),
+        );
         Self {
             registry,
             requests,

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::auth::{apply_identity, Permit};
-use crate::config::snapshot::{Route, TrustedProxies};
+use crate::config::snapshot::Route;
 use crate::tls::TlsError;
 
 /// How long idle upstream connections stay pooled.
@@ -102,7 +102,9 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = crate::tls::client_config(ca_file)?;
+        let mut tls = crate::tls::client_config(ca_file)?;
+        // hyper-rustls sets ALPN itself from the enabled HTTP versions.
+        tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -187,10 +189,20 @@ pub struct Peer {
 
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `X-Request-Id` (RFC 7239 semantics, de-facto
 /// header names). Values from untrusted peers are replaced, never appended to.
-pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: Peer, host: &HeaderValue, request_id: &HeaderValue) {
-    let ip = HeaderValue::from_str(&peer.ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+pub fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: Peer,
+    host: &HeaderValue,
+    request_id: &HeaderValue,
+) {
+    let ip = HeaderValue::from_str(&peer.ip.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     if peer.trusted {
-        let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         let xff = if prior.is_empty() {
             ip.clone()
         } else {
@@ -265,23 +277,34 @@ pub async fn forward(
     *req.version_mut() = Version::HTTP_11;
 
     let upstream = || route.upstream.to_string();
-    let mut resp = match tokio::time::timeout(route.response_timeout, route.client.inner.request(req)).await {
-        Err(_) => {
-            return Err(ProxyError::ResponseTimeout {
-                upstream: upstream(),
-                after: route.response_timeout,
-            })
-        }
-        Ok(Err(e)) if e.is_connect() => {
-            return Err(if is_timeout(&e) {
-                ProxyError::ConnectTimeout { upstream: upstream() }
-            } else {
-                ProxyError::Connect { upstream: upstream(), source: e }
-            })
-        }
-        Ok(Err(e)) => return Err(ProxyError::Exchange { upstream: upstream(), source: e }),
-        Ok(Ok(resp)) => resp,
-    };
+    let mut resp =
+        match tokio::time::timeout(route.response_timeout, route.client.inner.request(req)).await {
+            Err(_) => {
+                return Err(ProxyError::ResponseTimeout {
+                    upstream: upstream(),
+                    after: route.response_timeout,
+                })
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(if is_timeout(&e) {
+                    ProxyError::ConnectTimeout {
+                        upstream: upstream(),
+                    }
+                } else {
+                    ProxyError::Connect {
+                        upstream: upstream(),
+                        source: e,
+                    }
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::Exchange {
+                    upstream: upstream(),
+                    source: e,
+                })
+            }
+            Ok(Ok(resp)) => resp,
+        };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = on_upgrade {
@@ -303,7 +326,8 @@ pub async fn forward(
             let proto = resp.headers_mut().remove(header::UPGRADE);
             strip_hop_by_hop(resp.headers_mut());
             if let Some(p) = proto {
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 resp.headers_mut().insert(header::UPGRADE, p);
             }
             return Ok(resp);
@@ -336,14 +360,21 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret, Remote-User"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, Remote-User"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("remote-user", HeaderValue::from_static("admin"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        assert_eq!(strip_hop_by_hop(&mut h), None, "upgrade not requested in Connection");
+        assert_eq!(
+            strip_hop_by_hop(&mut h),
+            None,
+            "upgrade not requested in Connection"
+        );
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
     }
@@ -353,7 +384,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(strip_hop_by_hop(&mut h), Some(HeaderValue::from_static("websocket")));
+        assert_eq!(
+            strip_hop_by_hop(&mut h),
+            Some(HeaderValue::from_static("websocket"))
+        );
         assert!(h.is_empty());
     }
 
@@ -364,8 +398,16 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.test"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
-        let peer = Peer { ip: "10.0.0.9".parse().expect("ip"), trusted: false };
-        set_forwarding_headers(&mut h, peer, &HeaderValue::from_static("app.test"), &HeaderValue::from_static("rid"));
+        let peer = Peer {
+            ip: "10.0.0.9".parse().expect("ip"),
+            trusted: false,
+        };
+        set_forwarding_headers(
+            &mut h,
+            peer,
+            &HeaderValue::from_static("app.test"),
+            &HeaderValue::from_static("rid"),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "app.test");
@@ -380,8 +422,16 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        let peer = Peer { ip: "127.0.0.1".parse().expect("ip"), trusted: true };
-        set_forwarding_headers(&mut h, peer, &HeaderValue::from_static("app.test"), &HeaderValue::from_static("rid"));
+        let peer = Peer {
+            ip: "127.0.0.1".parse().expect("ip"),
+            trusted: true,
+        };
+        set_forwarding_headers(
+            &mut h,
+            peer,
+            &HeaderValue::from_static("app.test"),
+            &HeaderValue::from_static("rid"),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "app.test");

@@ -32,7 +32,10 @@ impl Host {
         let name = if let Some(rest) = raw.strip_prefix('[') {
             let end = rest.find(']').ok_or_else(err)?;
             let inner = &rest[..end];
-            if !inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+            if !inner
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            {
                 return Err(err());
             }
             return Ok(Host(format!("[{}]", inner.to_ascii_lowercase()).into()));
@@ -46,7 +49,9 @@ impl Host {
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty()
             || name.len() > 253
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
         {
             return Err(err());
         }
@@ -93,12 +98,16 @@ impl HostPattern {
         if let Some(suffix) = raw.strip_prefix("*.") {
             let host = Host::parse(suffix)?;
             if suffix.contains(':') || !host.as_str().contains('.') {
-                return Err(HostError { value: raw.to_owned() });
+                return Err(HostError {
+                    value: raw.to_owned(),
+                });
             }
             Ok(HostPattern::Wildcard(host.as_str().to_owned()))
         } else {
             if raw.contains(':') {
-                return Err(HostError { value: raw.to_owned() });
+                return Err(HostError {
+                    value: raw.to_owned(),
+                });
             }
             Ok(HostPattern::Exact(Host::parse(raw)?.as_str().to_owned()))
         }
@@ -192,13 +201,19 @@ mod tests {
     fn exact_beats_wildcard() {
         let r = router();
         assert_eq!(r.lookup("media.example.test").map(|v| **v), Some("media"));
-        assert_eq!(r.lookup("grafana.example.test").map(|v| **v), Some("grafana"));
+        assert_eq!(
+            r.lookup("grafana.example.test").map(|v| **v),
+            Some("grafana")
+        );
     }
 
     #[test]
     fn wildcard_matches_exactly_one_label() {
         let r = router();
-        assert_eq!(r.lookup("x.grafana.example.test").map(|v| **v), Some("grafana-sub"));
+        assert_eq!(
+            r.lookup("x.grafana.example.test").map(|v| **v),
+            Some("grafana-sub")
+        );
         assert_eq!(r.lookup("other.example.test").map(|v| **v), Some("catch"));
         assert_eq!(r.lookup("a.b.example.test").map(|v| **v), None);
         assert_eq!(r.lookup("example.test").map(|v| **v), None);
@@ -207,9 +222,18 @@ mod tests {
 
     #[test]
     fn host_parse_normalizes() {
-        assert_eq!(Host::parse("Media.Example.TEST:8443").map(|h| h.to_string()), Ok("media.example.test".into()));
-        assert_eq!(Host::parse("media.example.test.").map(|h| h.to_string()), Ok("media.example.test".into()));
-        assert_eq!(Host::parse("[::1]:443").map(|h| h.to_string()), Ok("[::1]".into()));
+        assert_eq!(
+            Host::parse("Media.Example.TEST:8443").map(|h| h.to_string()),
+            Ok("media.example.test".into())
+        );
+        assert_eq!(
+            Host::parse("media.example.test.").map(|h| h.to_string()),
+            Ok("media.example.test".into())
+        );
+        assert_eq!(
+            Host::parse("[::1]:443").map(|h| h.to_string()),
+            Ok("[::1]".into())
+        );
         assert!(Host::parse("").is_err());
         assert!(Host::parse("a b").is_err());
         assert!(Host::parse("user@host").is_err());
@@ -221,10 +245,15 @@ mod tests {
     fn pattern_rules() {
         assert!(HostPattern::parse("*.example.test").is_ok());
         assert!(HostPattern::parse("a.*.test").is_err());
-        assert!(HostPattern::parse("*.test").is_err(), "a wildcard over a bare TLD is refused");
+        assert!(
+            HostPattern::parse("*.test").is_err(),
+            "a wildcard over a bare TLD is refused"
+        );
         assert!(HostPattern::parse("*").is_err());
         assert!(HostPattern::parse("host:80").is_err());
-        assert!(HostPattern::parse("*.Example.test").map(|p| p.to_string()).is_ok_and(|s| s == "*.example.test"));
+        assert!(HostPattern::parse("*.Example.test")
+            .map(|p| p.to_string())
+            .is_ok_and(|s| s == "*.example.test"));
     }
 
     #[test]

@@ -68,9 +68,11 @@ impl Shared {
     pub async fn reload(&self) -> Result<Arc<Snapshot>, ReloadError> {
         let _serial = self.reload_lock.lock().await;
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::config::load_with(&path, &|n| std::env::var(n).ok(), Mode::Serve))
-            .await
-            .map_err(ReloadError::Task)?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::config::load_with(&path, &|n| std::env::var(n).ok(), Mode::Serve)
+        })
+        .await
+        .map_err(ReloadError::Task)?;
         match loaded {
             Ok(new) => {
                 let new = Arc::new(new);
@@ -82,12 +84,18 @@ impl Shared {
                     );
                 }
                 self.snapshot.store(Arc::clone(&new));
-                self.metrics.reloads.get_or_create(&KindLabels { kind: "ok" }).inc();
+                self.metrics
+                    .reloads
+                    .get_or_create(&KindLabels { kind: "ok" })
+                    .inc();
                 tracing::info!(config.hash = %new.hash, config.services = new.routes.len(), certs.count = new.certs.entries().len(), "configuration reloaded");
                 Ok(new)
             }
             Err(e) => {
-                self.metrics.reloads.get_or_create(&KindLabels { kind: "failed" }).inc();
+                self.metrics
+                    .reloads
+                    .get_or_create(&KindLabels { kind: "failed" })
+                    .inc();
                 tracing::error!(config.file = %self.config_path.display(), error = %e, "configuration reload rejected; the previous configuration keeps serving");
                 Err(e.into())
             }

@@ -38,12 +38,21 @@ impl ServicePolicy {
 
     /// One line for `portcullis check`.
     pub fn describe(&self) -> String {
-        if self.bypass { "bypass".into() } else { "auth: any authenticated user".into() }
+        if self.bypass {
+            "bypass".into()
+        } else {
+            "auth: any authenticated user".into()
+        }
     }
 }
 
 /// Builds a service's policy.
-pub fn build_service_policy(_name: &str, svc: &FileService, _auth: &AuthSettings, _problems: &mut Problems) -> ServicePolicy {
+pub fn build_service_policy(
+    _name: &str,
+    svc: &FileService,
+    _auth: &AuthSettings,
+    _problems: &mut Problems,
+) -> ServicePolicy {
     ServicePolicy {
         bypass: svc.bypass_auth.unwrap_or(false),
     }
@@ -73,7 +82,9 @@ impl Permit {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The service requires authentication but no issuer is configured.
-    #[error("service requires authentication but no token issuer is configured ([[auth.issuers]])")]
+    #[error(
+        "service requires authentication but no token issuer is configured ([[auth.issuers]])"
+    )]
     NotConfigured,
 }
 
@@ -88,7 +99,9 @@ impl AuthError {
     /// The RFC 6750 challenge, for 401s.
     pub fn www_authenticate(&self) -> Option<http::HeaderValue> {
         match self {
-            AuthError::NotConfigured => Some(http::HeaderValue::from_static("Bearer realm=\"portcullis\"")),
+            AuthError::NotConfigured => Some(http::HeaderValue::from_static(
+                "Bearer realm=\"portcullis\"",
+            )),
         }
     }
 }

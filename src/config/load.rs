@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 
 use super::problem::{ConfigError, ProblemKind, Problems};
 use super::snapshot::Snapshot;
-use super::validate::{self, Mode};
 use super::source;
+use super::validate::{self, Mode};
 
 /// Loads and validates the file with the process environment, creating a development CA if the file asks for one.
 ///
@@ -23,13 +23,26 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 ///
 /// # Errors
 /// Every problem in the file, with lines and key paths.
-pub fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>, mode: Mode) -> Result<Snapshot, ConfigError> {
+pub fn load_with(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    mode: Mode,
+) -> Result<Snapshot, ConfigError> {
     let mut problems = Problems::default();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(source) => {
-            problems.push(String::new(), ProblemKind::File { path: path.to_path_buf(), source });
-            return Err(ConfigError { file: path.to_path_buf(), problems: problems.into_vec() });
+            problems.push(
+                String::new(),
+                ProblemKind::File {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            );
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                problems: problems.into_vec(),
+            });
         }
     };
     let hash = text_hash(&text);
@@ -38,7 +51,10 @@ pub fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>, mode: Mode) 
     source::locate(&text, &mut problems);
     match snapshot {
         Some(s) if problems.is_empty() => Ok(s),
-        _ => Err(ConfigError { file: path.to_path_buf(), problems: problems.into_vec() }),
+        _ => Err(ConfigError {
+            file: path.to_path_buf(),
+            problems: problems.into_vec(),
+        }),
     }
 }
 

@@ -14,7 +14,9 @@ use ipnet::IpNet;
 
 use super::file::{FileConfig, FileServer, FileService};
 use super::problem::{ProblemKind, Problems};
-use super::snapshot::{ListenAddrs, Route, Snapshot, Timeouts, TlsSource, TrustedProxies, Upstream};
+use super::snapshot::{
+    ListenAddrs, Route, Snapshot, Timeouts, TlsSource, TrustedProxies, Upstream,
+};
 use crate::proxy::UpstreamClient;
 use crate::router::{Host, HostPattern, Router};
 use crate::tls::CertStore;
@@ -36,23 +38,60 @@ const DEFAULT_IDLE: u64 = 120;
 const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
 
 /// Builds the snapshot, or returns every problem found.
-pub fn build(file: FileConfig, source: &Path, hash: String, mode: Mode, problems: &mut Problems) -> Option<Snapshot> {
-    let domain = file.domain.as_deref().and_then(|d| match HostPattern::parse(d) {
-        Ok(HostPattern::Exact(d)) => Some(d),
-        Ok(HostPattern::Wildcard(_)) | Err(_) => {
-            problems.invalid("domain", d, "expected a DNS name such as `example.test`");
-            None
-        }
-    });
+pub fn build(
+    file: FileConfig,
+    source: &Path,
+    hash: String,
+    mode: Mode,
+    problems: &mut Problems,
+) -> Option<Snapshot> {
+    let domain = file
+        .domain
+        .as_deref()
+        .and_then(|d| match HostPattern::parse(d) {
+            Ok(HostPattern::Exact(d)) => Some(d),
+            Ok(HostPattern::Wildcard(_)) | Err(_) => {
+                problems.invalid("domain", d, "expected a DNS name such as `example.test`");
+                None
+            }
+        });
     let listen = listen_addrs(&file.server, problems);
-    let trusted_proxies = trusted_proxies(file.server.trusted_proxies.as_deref().unwrap_or_default(), problems);
+    let trusted_proxies = trusted_proxies(
+        file.server.trusted_proxies.as_deref().unwrap_or_default(),
+        problems,
+    );
     let t = &file.server.timeouts;
     let timeouts = Timeouts {
-        tls_handshake: secs(t.tls_handshake_secs, DEFAULT_TLS_HANDSHAKE, "server.timeouts.tls_handshake_secs", problems),
-        request_header: secs(t.request_header_secs, DEFAULT_REQUEST_HEADER, "server.timeouts.request_header_secs", problems),
-        upstream_connect: secs(t.upstream_connect_secs, DEFAULT_UPSTREAM_CONNECT, "server.timeouts.upstream_connect_secs", problems),
-        upstream_response: secs(t.upstream_response_secs, DEFAULT_UPSTREAM_RESPONSE, "server.timeouts.upstream_response_secs", problems),
-        idle: secs(t.idle_secs, DEFAULT_IDLE, "server.timeouts.idle_secs", problems),
+        tls_handshake: secs(
+            t.tls_handshake_secs,
+            DEFAULT_TLS_HANDSHAKE,
+            "server.timeouts.tls_handshake_secs",
+            problems,
+        ),
+        request_header: secs(
+            t.request_header_secs,
+            DEFAULT_REQUEST_HEADER,
+            "server.timeouts.request_header_secs",
+            problems,
+        ),
+        upstream_connect: secs(
+            t.upstream_connect_secs,
+            DEFAULT_UPSTREAM_CONNECT,
+            "server.timeouts.upstream_connect_secs",
+            problems,
+        ),
+        upstream_response: secs(
+            t.upstream_response_secs,
+            DEFAULT_UPSTREAM_RESPONSE,
+            "server.timeouts.upstream_response_secs",
+            problems,
+        ),
+        idle: secs(
+            t.idle_secs,
+            DEFAULT_IDLE,
+            "server.timeouts.idle_secs",
+            problems,
+        ),
     };
     let shutdown_grace = match file.server.shutdown_grace_secs {
         Some(s) => Duration::from_secs(s),
@@ -67,14 +106,27 @@ pub fn build(file: FileConfig, source: &Path, hash: String, mode: Mode, problems
     let auth = crate::auth::build_auth(&file.auth, Path::new(""), problems);
 
     if file.services.is_empty() {
-        problems.push("services", ProblemKind::Required { hint: Some("add at least one [services.NAME] table with an `upstream`") });
+        problems.push(
+            "services",
+            ProblemKind::Required {
+                hint: Some("add at least one [services.NAME] table with an `upstream`"),
+            },
+        );
     }
     let mut clients: HashMap<Option<PathBuf>, UpstreamClient> = HashMap::new();
     let mut routes = Vec::new();
     let mut router: Router<Route> = Router::default();
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     for (name, svc) in &file.services {
-        let Some(route) = build_route(name, svc, domain.as_deref(), &timeouts, &auth, &mut clients, problems) else {
+        let Some(route) = build_route(
+            name,
+            svc,
+            domain.as_deref(),
+            &timeouts,
+            &auth,
+            &mut clients,
+            problems,
+        ) else {
             continue;
         };
         let route = Arc::new(route);
@@ -134,7 +186,11 @@ fn socket_addr(raw: &str, path: &str, problems: &mut Problems) -> Option<SocketA
     match raw.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            problems.invalid(path, raw, "expected `ip:port`, e.g. `127.0.0.1:8443` or `[::]:443`");
+            problems.invalid(
+                path,
+                raw,
+                "expected `ip:port`, e.g. `127.0.0.1:8443` or `[::]:443`",
+            );
             None
         }
     }
@@ -144,18 +200,42 @@ fn listen_addrs(server: &FileServer, problems: &mut Problems) -> Option<ListenAd
     let https = match server.https.as_deref() {
         Some(a) => socket_addr(a, "server.https", problems),
         None => {
-            problems.push("server.https", ProblemKind::Required { hint: Some("the HTTPS listener address, e.g. `0.0.0.0:443`") });
+            problems.push(
+                "server.https",
+                ProblemKind::Required {
+                    hint: Some("the HTTPS listener address, e.g. `0.0.0.0:443`"),
+                },
+            );
             None
         }
     };
-    let http = server.http.as_deref().map(|a| socket_addr(a, "server.http", problems));
-    let admin = server.admin.as_deref().map(|a| socket_addr(a, "server.admin", problems));
-    let (https, http, admin) = (https?, http.map_or(Some(None), |a| a.map(Some))?, admin.map_or(Some(None), |a| a.map(Some))?);
+    let http = server
+        .http
+        .as_deref()
+        .map(|a| socket_addr(a, "server.http", problems));
+    let admin = server
+        .admin
+        .as_deref()
+        .map(|a| socket_addr(a, "server.admin", problems));
+    let (https, http, admin) = (
+        https?,
+        http.map_or(Some(None), |a| a.map(Some))?,
+        admin.map_or(Some(None), |a| a.map(Some))?,
+    );
     let mut seen = BTreeSet::new();
-    for (key, addr) in [("server.https", Some(https)), ("server.http", http), ("server.admin", admin)] {
+    for (key, addr) in [
+        ("server.https", Some(https)),
+        ("server.http", http),
+        ("server.admin", admin),
+    ] {
         if let Some(addr) = addr {
             if addr.port() != 0 && !seen.insert(addr) {
-                problems.push(key, ProblemKind::Conflict { reason: format!("{addr} is used by another listener") });
+                problems.push(
+                    key,
+                    ProblemKind::Conflict {
+                        reason: format!("{addr} is used by another listener"),
+                    },
+                );
             }
         }
     }
@@ -165,9 +245,16 @@ fn listen_addrs(server: &FileServer, problems: &mut Problems) -> Option<ListenAd
 fn trusted_proxies(raw: &[String], problems: &mut Problems) -> TrustedProxies {
     let mut nets = Vec::new();
     for (i, r) in raw.iter().enumerate() {
-        match r.parse::<IpNet>().or_else(|_| r.parse::<std::net::IpAddr>().map(IpNet::from)) {
+        match r
+            .parse::<IpNet>()
+            .or_else(|_| r.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
             Ok(n) => nets.push(n.trunc()),
-            Err(_) => problems.invalid(format!("server.trusted_proxies.{i}"), r, "expected a CIDR such as `10.0.0.0/8` or an IP address"),
+            Err(_) => problems.invalid(
+                format!("server.trusted_proxies.{i}"),
+                r,
+                "expected a CIDR such as `10.0.0.0/8` or an IP address",
+            ),
         }
     }
     TrustedProxies::new(nets)
@@ -184,12 +271,23 @@ fn build_route(
 ) -> Option<Route> {
     let base = format!("services.{name}");
     let before = problems.len();
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        problems.invalid(base.clone(), name, "service names are letters, digits, `-` and `_`");
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problems.invalid(
+            base.clone(),
+            name,
+            "service names are letters, digits, `-` and `_`",
+        );
     }
     let hosts: Vec<HostPattern> = match &svc.hosts {
         Some(list) if list.is_empty() => {
-            problems.invalid(format!("{base}.hosts"), "[]", "list at least one host, or remove the key to use NAME.<domain>");
+            problems.invalid(
+                format!("{base}.hosts"),
+                "[]",
+                "list at least one host, or remove the key to use NAME.<domain>",
+            );
             Vec::new()
         }
         Some(list) => list
@@ -198,39 +296,66 @@ fn build_route(
             .filter_map(|(i, h)| match HostPattern::parse(h) {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    problems.invalid(format!("{base}.hosts.{i}"), h, "expected a host name or `*.domain` wildcard, without port or scheme");
+                    problems.invalid(
+                        format!("{base}.hosts.{i}"),
+                        h,
+                        "expected a host name or `*.domain` wildcard, without port or scheme",
+                    );
                     None
                 }
             })
             .collect(),
-        None => match domain {
-            Some(d) => match Host::parse(&format!("{name}.{d}")) {
-                Ok(h) => vec![HostPattern::Exact(h.as_str().to_owned())],
-                Err(_) => {
-                    problems.invalid(base.clone(), name, "cannot form a host name NAME.<domain> from this service name; set `hosts`");
+        None => {
+            match domain {
+                Some(d) => match Host::parse(&format!("{name}.{d}")) {
+                    Ok(h) => vec![HostPattern::Exact(h.as_str().to_owned())],
+                    Err(_) => {
+                        problems.invalid(base.clone(), name, "cannot form a host name NAME.<domain> from this service name; set `hosts`");
+                        Vec::new()
+                    }
+                },
+                None => {
+                    problems.push(format!("{base}.hosts"), ProblemKind::Required { hint: Some("set `hosts`, or a top-level `domain` so the host defaults to NAME.<domain>") });
                     Vec::new()
                 }
-            },
-            None => {
-                problems.push(format!("{base}.hosts"), ProblemKind::Required { hint: Some("set `hosts`, or a top-level `domain` so the host defaults to NAME.<domain>") });
-                Vec::new()
             }
-        },
+        }
     };
     let ca_file = svc.upstream_ca_file.as_ref().map(PathBuf::from);
     let upstream = match svc.upstream.as_deref() {
         None => {
-            problems.push(format!("{base}.upstream"), ProblemKind::Required { hint: Some("e.g. `http://127.0.0.1:8080`") });
+            problems.push(
+                format!("{base}.upstream"),
+                ProblemKind::Required {
+                    hint: Some("e.g. `http://127.0.0.1:8080`"),
+                },
+            );
             None
         }
         Some(raw) => parse_upstream(raw, ca_file.clone(), &format!("{base}.upstream"), problems),
     };
-    if ca_file.is_some() && upstream.as_ref().is_some_and(|u| u.scheme != http::uri::Scheme::HTTPS) {
-        problems.push(format!("{base}.upstream_ca_file"), ProblemKind::Conflict { reason: "only used with an `https://` upstream".into() });
+    if ca_file.is_some()
+        && upstream
+            .as_ref()
+            .is_some_and(|u| u.scheme != http::uri::Scheme::HTTPS)
+    {
+        problems.push(
+            format!("{base}.upstream_ca_file"),
+            ProblemKind::Conflict {
+                reason: "only used with an `https://` upstream".into(),
+            },
+        );
     }
-    let response_timeout = svc.upstream_response_secs.map_or(timeouts.upstream_response, |s| {
-        secs(Some(s), DEFAULT_UPSTREAM_RESPONSE, &format!("{base}.upstream_response_secs"), problems)
-    });
+    let response_timeout = svc
+        .upstream_response_secs
+        .map_or(timeouts.upstream_response, |s| {
+            secs(
+                Some(s),
+                DEFAULT_UPSTREAM_RESPONSE,
+                &format!("{base}.upstream_response_secs"),
+                problems,
+            )
+        });
     let policy = crate::auth::build_service_policy(name, svc, auth, problems);
     let client = match clients.get(&ca_file) {
         Some(c) => Some(c.clone()),
@@ -240,7 +365,10 @@ fn build_route(
                 Some(c)
             }
             Err(e) => {
-                problems.push(format!("{base}.upstream_ca_file"), ProblemKind::Tls(Box::new(e)));
+                problems.push(
+                    format!("{base}.upstream_ca_file"),
+                    ProblemKind::Tls(Box::new(e)),
+                );
                 None
             }
         },
@@ -259,11 +387,20 @@ fn build_route(
     })
 }
 
-fn parse_upstream(raw: &str, ca_file: Option<PathBuf>, path: &str, problems: &mut Problems) -> Option<Upstream> {
+fn parse_upstream(
+    raw: &str,
+    ca_file: Option<PathBuf>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<Upstream> {
     let uri: http::Uri = match raw.parse() {
         Ok(u) => u,
         Err(_) => {
-            problems.invalid(path, raw, "expected `http://host:port` or `https://host:port`");
+            problems.invalid(
+                path,
+                raw,
+                "expected `http://host:port` or `https://host:port`",
+            );
             return None;
         }
     };
@@ -279,21 +416,43 @@ fn parse_upstream(raw: &str, ca_file: Option<PathBuf>, path: &str, problems: &mu
         return None;
     };
     if authority.as_str().contains('@') {
-        problems.invalid(path, raw, "credentials in the upstream URL are not supported");
+        problems.invalid(
+            path,
+            raw,
+            "credentials in the upstream URL are not supported",
+        );
         return None;
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        problems.invalid(path, raw, "an upstream is `scheme://host:port` without a path; requests keep their own path");
+        problems.invalid(
+            path,
+            raw,
+            "an upstream is `scheme://host:port` without a path; requests keep their own path",
+        );
         return None;
     }
-    Some(Upstream { scheme, authority, ca_file })
+    Some(Upstream {
+        scheme,
+        authority,
+        ca_file,
+    })
 }
 
-fn tls_source(file: &FileConfig, routes: &[Arc<Route>], mode: Mode, problems: &mut Problems) -> TlsSource {
+fn tls_source(
+    file: &FileConfig,
+    routes: &[Arc<Route>],
+    mode: Mode,
+    problems: &mut Problems,
+) -> TlsSource {
     let certs_dir = match file.tls.certs_dir.as_deref() {
         Some(d) => PathBuf::from(d),
         None => {
-            problems.push("tls.certs_dir", ProblemKind::Required { hint: Some("a directory of PEM certificate/key pairs, e.g. `certs`") });
+            problems.push(
+                "tls.certs_dir",
+                ProblemKind::Required {
+                    hint: Some("a directory of PEM certificate/key pairs, e.g. `certs`"),
+                },
+            );
             PathBuf::new()
         }
     };
@@ -315,13 +474,21 @@ fn tls_source(file: &FileConfig, routes: &[Arc<Route>], mode: Mode, problems: &m
 }
 
 fn all_hosts(routes: &[Arc<Route>]) -> Vec<String> {
-    let mut hosts: Vec<String> = routes.iter().flat_map(|r| r.hosts.iter().map(ToString::to_string)).collect();
+    let mut hosts: Vec<String> = routes
+        .iter()
+        .flat_map(|r| r.hosts.iter().map(ToString::to_string))
+        .collect();
     hosts.sort();
     hosts.dedup();
     hosts
 }
 
-fn load_certs(tls: &TlsSource, routes: &[Arc<Route>], mode: Mode, problems: &mut Problems) -> Option<CertStore> {
+fn load_certs(
+    tls: &TlsSource,
+    routes: &[Arc<Route>],
+    mode: Mode,
+    problems: &mut Problems,
+) -> Option<CertStore> {
     if tls.certs_dir.as_os_str().is_empty() {
         return None;
     }

@@ -16,36 +16,36 @@ use hyper::body::Incoming;
 use crate::metrics::{status_class, Metrics, RequestLabels, ServiceLabel, ServiceLabels};
 
 /// A response body: streamed from an upstream, or generated here.
-pub type InnerBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
 
 /// What the access-log event says about a request.
 #[derive(Debug)]
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     /// Method.
-    pub method: http::Method,
+    pub(crate) method: http::Method,
     /// Host as normalized, or as received when invalid.
-    pub host: Box<str>,
+    pub(crate) host: Box<str>,
     /// Path without query.
-    pub path: Box<str>,
+    pub(crate) path: Box<str>,
     /// Response status.
-    pub status: http::StatusCode,
+    pub(crate) status: http::StatusCode,
     /// Service name, `-` when none matched.
-    pub service: Arc<str>,
+    pub(crate) service: Arc<str>,
     /// Upstream, when the request was forwarded.
-    pub upstream: Option<Box<str>>,
+    pub(crate) upstream: Option<Box<str>>,
     /// Request id.
-    pub request_id: http::HeaderValue,
+    pub(crate) request_id: http::HeaderValue,
     /// Client address.
-    pub client: std::net::SocketAddr,
+    pub(crate) client: std::net::SocketAddr,
     /// Why the request failed, when it did.
-    pub error: Option<&'static str>,
+    pub(crate) error: Option<&'static str>,
     /// Start of the request.
-    pub start: Instant,
+    pub(crate) start: Instant,
 }
 
 pin_project_lite::pin_project! {
     /// A body that logs the request when it ends.
-    pub struct LoggedBody {
+    pub(crate) struct LoggedBody {
         #[pin]
         inner: InnerBody,
         bytes: u64,
@@ -64,7 +64,11 @@ pin_project_lite::pin_project! {
 
 impl LoggedBody {
     /// Wraps a body; the record is logged when the body ends.
-    pub fn new(inner: InnerBody, record: AccessRecord, shared: Arc<crate::state::Shared>) -> Self {
+    pub(crate) fn new(
+        inner: InnerBody,
+        record: AccessRecord,
+        shared: Arc<crate::state::Shared>,
+    ) -> Self {
         let service = ServiceLabel(Arc::clone(&record.service));
         shared
             .metrics
@@ -89,7 +93,6 @@ fn finish(r: &AccessRecord, bytes: u64, metrics: &Metrics) {
         })
         .inc();
     tracing::info!(
-        target: "portcullis::access",
         http.method = %r.method,
         http.host = %r.host,
         http.path = %r.path,
@@ -109,14 +112,12 @@ impl Body for LoggedBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        let polled = match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        };
+        let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 *this.bytes += data.len() as u64;

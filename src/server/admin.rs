@@ -34,7 +34,9 @@ pub(crate) async fn handle(
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -53,9 +55,17 @@ fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<Full<
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
     let Some(host) = host.and_then(|h| Host::parse(&h).ok()) else {
-        return plain(StatusCode::BAD_REQUEST, "bad request: missing or invalid Host\n");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "bad request: missing or invalid Host\n",
+        );
     };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if https_port == 443 {

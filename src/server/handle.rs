@@ -81,7 +81,9 @@ async fn route_and_forward(
     let route = snap
         .router
         .lookup(host.as_str())
-        .ok_or_else(|| RequestError::UnknownHost { host: host.to_string() })?;
+        .ok_or_else(|| RequestError::UnknownHost {
+            host: host.to_string(),
+        })?;
     record.service = Arc::from(route.name.as_str());
     if let Some(cert) = &conn.cert {
         if !cert.covers(host.as_str()) {
@@ -93,14 +95,29 @@ async fn route_and_forward(
     }
     let permit = shared
         .auth
-        .authorize(&snap.auth, &route.policy, req.method(), req.uri().path(), req.headers())
+        .authorize(
+            &snap.auth,
+            &route.policy,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+        )
         .await?;
     let peer = Peer {
         ip: conn.peer.ip(),
         trusted: snap.trusted_proxies.is_trusted(conn.peer.ip()),
     };
     record.upstream = Some(route.upstream.to_string().into());
-    Ok(proxy::forward(req, route, &permit, peer, &raw_host, request_id, &shared.tunnels).await?)
+    Ok(proxy::forward(
+        req,
+        route,
+        &permit,
+        peer,
+        &raw_host,
+        request_id,
+        &shared.tunnels,
+    )
+    .await?)
 }
 
 /// The host the client addressed: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.
@@ -117,7 +134,8 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= MAX_REQUEST_ID
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
         {
             return v.clone();
         }
@@ -137,7 +155,10 @@ fn log_error(err: &RequestError, r: &AccessRecord) {
         RequestError::Auth(e) => {
             tracing::info!(route.name = %r.service, request.id = id, auth.decision = "deny", auth.reason = %e, "request refused")
         }
-        RequestError::MissingHost | RequestError::BadHost(_) | RequestError::UnknownHost { .. } | RequestError::Misdirected { .. } => {
+        RequestError::MissingHost
+        | RequestError::BadHost(_)
+        | RequestError::UnknownHost { .. }
+        | RequestError::Misdirected { .. } => {
             tracing::debug!(request.id = id, error = %err, "request refused")
         }
     }

@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,9 +53,16 @@ impl Listeners {
     /// An address is in use or not available; the error names the listener.
     pub async fn bind(addrs: &ListenAddrs) -> io::Result<Self> {
         let named = |what: &'static str, addr: SocketAddr| {
-            move |e: io::Error| io::Error::new(e.kind(), format!("cannot bind the {what} listener on {addr} (server.{what}): {e}"))
+            move |e: io::Error| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot bind the {what} listener on {addr} (server.{what}): {e}"),
+                )
+            }
         };
-        let https = TcpListener::bind(addrs.https).await.map_err(named("https", addrs.https))?;
+        let https = TcpListener::bind(addrs.https)
+            .await
+            .map_err(named("https", addrs.https))?;
         let http = match addrs.http {
             Some(a) => Some(TcpListener::bind(a).await.map_err(named("http", a))?),
             None => None,
@@ -74,8 +81,16 @@ impl Listeners {
     pub fn local_addrs(&self) -> io::Result<BoundAddrs> {
         Ok(BoundAddrs {
             https: self.https.local_addr()?,
-            http: self.http.as_ref().map(TcpListener::local_addr).transpose()?,
-            admin: self.admin.as_ref().map(TcpListener::local_addr).transpose()?,
+            http: self
+                .http
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
+            admin: self
+                .admin
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
         })
     }
 }
@@ -131,7 +146,11 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts TLS connections until stopped.
-pub(crate) async fn accept_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, ctx: Ctx) {
+pub(crate) async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Ctx,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             () = ctx.stop.cancelled() => return,
@@ -181,7 +200,9 @@ pub(crate) async fn accept_plain(listener: TcpListener, kind: Plain, ctx: Ctx) {
             let _ = tcp.set_nodelay(true);
             let shared = Arc::clone(&ctx2.shared);
             let port = ctx2.https_port;
-            let svc = service_fn(move |req| super::admin::handle(req, kind, peer, port, Arc::clone(&shared)));
+            let svc = service_fn(move |req| {
+                super::admin::handle(req, kind, peer, port, Arc::clone(&shared))
+            });
             serve(tcp, svc, &ctx2, kind.label()).await;
         });
     }
@@ -196,7 +217,9 @@ async fn accept_error(e: &io::Error) {
 async fn serve<S, IO, B>(io: IO, svc: S, ctx: &Ctx, listener: &'static str)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: http_body::Body + Send + 'static,
@@ -250,12 +273,17 @@ struct IdleIo<T> {
 
 impl<T> IdleIo<T> {
     fn touch(&self) {
-        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -266,14 +294,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
         r
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -299,7 +335,11 @@ struct OpenConn<'a> {
 
 impl<'a> OpenConn<'a> {
     fn new(shared: &'a Shared, listener: &'static str) -> Self {
-        shared.metrics.open_connections.get_or_create(&KindLabels { kind: listener }).inc();
+        shared
+            .metrics
+            .open_connections
+            .get_or_create(&KindLabels { kind: listener })
+            .inc();
         Self { shared, listener }
     }
 }
@@ -309,7 +349,9 @@ impl Drop for OpenConn<'_> {
         self.shared
             .metrics
             .open_connections
-            .get_or_create(&KindLabels { kind: self.listener })
+            .get_or_create(&KindLabels {
+                kind: self.listener,
+            })
             .dec();
     }
 }

@@ -20,7 +20,9 @@ pub struct SniResolver(pub Arc<Shared>);
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snap = self.0.snapshot.load();
-        snap.certs.find(hello.server_name()).map(|e| Arc::clone(&e.certified))
+        snap.certs
+            .find(hello.server_name())
+            .map(|e| Arc::clone(&e.certified))
     }
 }
 
@@ -44,7 +46,11 @@ pub async fn run(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let stop = CancellationToken::new();
     let conns = TaskTracker::new();
-    let https_port = listeners.https.local_addr().map(|a| a.port()).unwrap_or(443);
+    let https_port = listeners
+        .https
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(443);
     let ctx = Ctx {
         shared: Arc::clone(&shared),
         stop: stop.clone(),
@@ -68,7 +74,11 @@ pub async fn run(
     shutdown.await;
     shared.ready.store(false, Ordering::Release);
     let grace = shared.snapshot.load().shutdown_grace;
-    tracing::info!(grace_secs = grace.as_secs(), open = conns.len(), "shutting down: no new connections, draining open ones");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        open = conns.len(),
+        "shutting down: no new connections, draining open ones"
+    );
     stop.cancel();
     while loops.join_next().await.is_some() {}
     conns.close();
@@ -82,7 +92,11 @@ pub async fn run(
     if drained {
         tracing::info!("drain complete");
     } else {
-        tracing::warn!(open = conns.len(), tunnels = shared.tunnels.len(), "drain incomplete: grace period over, closing the rest");
+        tracing::warn!(
+            open = conns.len(),
+            tunnels = shared.tunnels.len(),
+            "drain incomplete: grace period over, closing the rest"
+        );
     }
     Ok(DrainReport { drained })
 }

@@ -35,7 +35,6 @@ pub(crate) async fn watch(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let now = stamp(&shared);
         if now != last {
-            last = now;
             tracing::info!(config.file = %shared.config_path().display(), "configuration or certificates changed on disk; reloading");
             // Failures are logged by reload; the old snapshot keeps serving.
             let _ = shared.reload().await;
