@@ -149,6 +149,7 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Returns the `Upgrade` value when the message asks for a protocol upgrade, so the caller can keep it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let mut upgrade = false;
+    let up = headers.remove(header::UPGRADE);
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -170,7 +171,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    let up = headers.remove(header::UPGRADE);
     if upgrade {
         up
     } else {
