@@ -35,6 +35,9 @@ pub enum RequestError {
         /// The connection's SNI.
         sni: Option<String>,
     },
+    /// A CONNECT that is not a WebSocket over HTTP/2: the gateway is not a forward proxy.
+    #[error("method CONNECT is only accepted for WebSockets over HTTP/2 (RFC 8441)")]
+    Connect,
     /// Authentication or authorization refused the request.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -50,6 +53,7 @@ impl RequestError {
             RequestError::MissingHost | RequestError::BadHost(_) => StatusCode::BAD_REQUEST,
             RequestError::UnknownHost { .. } => StatusCode::NOT_FOUND,
             RequestError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            RequestError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::Auth(e) => e.status(),
             RequestError::Proxy(e) => match e {
                 ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
@@ -68,6 +72,7 @@ impl RequestError {
             RequestError::BadHost(_) => "bad_host",
             RequestError::UnknownHost { .. } => "unknown_host",
             RequestError::Misdirected { .. } => "misdirected",
+            RequestError::Connect => "connect_method",
             RequestError::Auth(_) => "auth",
             RequestError::Proxy(e) => e.kind(),
         }
@@ -97,6 +102,7 @@ pub fn respond(err: &RequestError, request_id: &str) -> Response<Full<Bytes>> {
             "misdirected request: this connection's certificate does not cover the host\n"
                 .to_owned()
         }
+        RequestError::Connect => "method not allowed\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::FORBIDDEN => "forbidden\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::UNAUTHORIZED => "unauthorized\n".to_owned(),
         RequestError::Auth(_) => format!("authentication unavailable (request id {request_id})\n"),
@@ -123,4 +129,16 @@ pub fn respond(err: &RequestError, request_id: &str) -> Response<Full<Bytes>> {
         }
     }
     resp
+}
+
+/// An error and all its sources, joined with `: `, for log lines.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }

@@ -257,12 +257,35 @@ pub async fn forward(
         }
         upgrade
     };
+    let h2_websocket = is_h2_websocket(&req);
     let on_upgrade = match &client_upgrade {
         Some(proto) if req.version() == Version::HTTP_11 => {
             let headers = req.headers_mut();
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
             Some(hyper::upgrade::on(&mut req))
+        }
+        _ if h2_websocket => {
+            // RFC 8441 §5: an HTTP/2 extended CONNECT becomes the HTTP/1.1 upgrade of RFC 6455 §4.1 towards
+            // the upstream. The client sends no Sec-WebSocket-Key over HTTP/2, so one is made here.
+            let on = hyper::upgrade::on(&mut req);
+            req.extensions_mut().remove::<hyper::ext::Protocol>();
+            *req.method_mut() = http::Method::GET;
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Ok(key) = HeaderValue::from_str(
+                &tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            ) {
+                headers.insert(header::SEC_WEBSOCKET_KEY, key);
+            }
+            if !headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            Some(on)
         }
         _ => None,
     };
@@ -325,7 +348,11 @@ pub async fn forward(
             });
             let proto = resp.headers_mut().remove(header::UPGRADE);
             strip_hop_by_hop(resp.headers_mut());
-            if let Some(p) = proto {
+            if h2_websocket {
+                // RFC 8441 §5: success of an extended CONNECT is a 2xx, without the HTTP/1.1 accept key.
+                *resp.status_mut() = StatusCode::OK;
+                resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+            } else if let Some(p) = proto {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 resp.headers_mut().insert(header::UPGRADE, p);
@@ -335,6 +362,16 @@ pub async fn forward(
     }
     strip_hop_by_hop(resp.headers_mut());
     Ok(resp)
+}
+
+/// An HTTP/2 extended CONNECT for the `websocket` protocol (RFC 8441 §4).
+pub fn is_h2_websocket<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_2
+        && req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {

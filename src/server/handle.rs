@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use super::access::{AccessRecord, LoggedBody};
 use super::listener::ConnInfo;
 use crate::error::{respond, RequestError};
+use crate::metrics::{ServiceKindLabels, ServiceLabel};
 use crate::proxy::{self, Peer};
 use crate::router::Host;
 use crate::state::Shared;
@@ -56,7 +57,7 @@ pub(crate) async fn handle(
         Ok(resp) => resp.map(Either::Left),
         Err(err) => {
             record.error = Some(err.reason());
-            log_error(&err, &record);
+            log_error(&err, &record, &shared);
             let id = request_id.to_str().unwrap_or("-");
             respond(&err, id).map(Either::Right)
         }
@@ -92,6 +93,9 @@ async fn route_and_forward(
                 sni: conn.sni.clone(),
             });
         }
+    }
+    if req.method() == http::Method::CONNECT && !proxy::is_h2_websocket(&req) {
+        return Err(RequestError::Connect);
     }
     let permit = shared
         .auth
@@ -146,11 +150,19 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-fn log_error(err: &RequestError, r: &AccessRecord) {
+fn log_error(err: &RequestError, r: &AccessRecord, shared: &Shared) {
     let id = r.request_id.to_str().unwrap_or("-");
     match err {
         RequestError::Proxy(e) => {
-            tracing::warn!(route.name = %r.service, request.id = id, error = %e, cause = ?std::error::Error::source(e).map(ToString::to_string), "upstream request failed")
+            shared
+                .metrics
+                .upstream_errors
+                .get_or_create(&ServiceKindLabels {
+                    service: ServiceLabel(Arc::clone(&r.service)),
+                    kind: e.kind(),
+                })
+                .inc();
+            tracing::warn!(route.name = %r.service, request.id = id, error = %crate::error::chain(e), "upstream request failed")
         }
         RequestError::Auth(e) => {
             tracing::info!(route.name = %r.service, request.id = id, auth.decision = "deny", auth.reason = %e, "request refused")
@@ -158,7 +170,8 @@ fn log_error(err: &RequestError, r: &AccessRecord) {
         RequestError::MissingHost
         | RequestError::BadHost(_)
         | RequestError::UnknownHost { .. }
-        | RequestError::Misdirected { .. } => {
+        | RequestError::Misdirected { .. }
+        | RequestError::Connect => {
             tracing::debug!(request.id = id, error = %err, "request refused")
         }
     }

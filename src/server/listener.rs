@@ -141,7 +141,9 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     b
 }
 
