@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -14,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
 
 use crate::auth::{apply_identity, Permit};
 use crate::config::snapshot::Route;
@@ -82,7 +84,7 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// A pooled keep-alive HTTP/1.1 client for upstreams (plain, or TLS with the configured CAs).
 #[derive(Clone)]
 pub struct UpstreamClient {
-    inner: Client<Connector, Incoming>,
+    inner: Client<Connector, SentBody>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -300,34 +302,46 @@ pub async fn forward(
     *req.version_mut() = Version::HTTP_11;
 
     let upstream = || route.upstream.to_string();
-    let mut resp =
-        match tokio::time::timeout(route.response_timeout, route.client.inner.request(req)).await {
-            Err(_) => {
-                return Err(ProxyError::ResponseTimeout {
+    let sent = Arc::new(Notify::new());
+    let req = req.map(|body| SentBody::new(body, Arc::clone(&sent)));
+    let exchange = route.client.inner.request(req);
+    // The response timeout runs from the end of the request body, so a long upload is not cut short while it
+    // streams (the idle timeout covers a stalled client).
+    let deadline = async {
+        sent.notified().await;
+        tokio::time::sleep(route.response_timeout).await;
+    };
+    let outcome = tokio::select! {
+        r = exchange => Ok(r),
+        () = deadline => Err(()),
+    };
+    let mut resp = match outcome {
+        Err(()) => {
+            return Err(ProxyError::ResponseTimeout {
+                upstream: upstream(),
+                after: route.response_timeout,
+            })
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            return Err(if is_timeout(&e) {
+                ProxyError::ConnectTimeout {
                     upstream: upstream(),
-                    after: route.response_timeout,
-                })
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(if is_timeout(&e) {
-                    ProxyError::ConnectTimeout {
-                        upstream: upstream(),
-                    }
-                } else {
-                    ProxyError::Connect {
-                        upstream: upstream(),
-                        source: e,
-                    }
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(ProxyError::Exchange {
+                }
+            } else {
+                ProxyError::Connect {
                     upstream: upstream(),
                     source: e,
-                })
-            }
-            Ok(Ok(resp)) => resp,
-        };
+                }
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(ProxyError::Exchange {
+                upstream: upstream(),
+                source: e,
+            })
+        }
+        Ok(Ok(resp)) => resp,
+    };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = on_upgrade {
@@ -372,6 +386,59 @@ pub fn is_h2_websocket<B>(req: &Request<B>) -> bool {
             .extensions()
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+pin_project_lite::pin_project! {
+    /// The client's request body on its way upstream; tells when it has been sent completely.
+    pub struct SentBody {
+        #[pin]
+        inner: Incoming,
+        sent: Option<Arc<Notify>>,
+    }
+}
+
+impl SentBody {
+    fn new(inner: Incoming, sent: Arc<Notify>) -> Self {
+        if http_body::Body::is_end_stream(&inner) {
+            // `notify_one` keeps a permit, so a waiter that comes later still wakes.
+            sent.notify_one();
+            return Self { inner, sent: None };
+        }
+        Self {
+            inner,
+            sent: Some(sent),
+        }
+    }
+}
+
+impl http_body::Body for SentBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(
+            polled,
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))
+        ) {
+            if let Some(sent) = this.sent.take() {
+                sent.notify_one();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {

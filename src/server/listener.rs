@@ -142,6 +142,8 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(256)
+        // Large uploads: the 64 KiB default window would cap a stream at one window per round trip.
+        .adaptive_window(true)
         // WebSockets over HTTP/2 (RFC 8441).
         .enable_connect_protocol();
     b
