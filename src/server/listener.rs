@@ -189,6 +189,27 @@ pub(crate) async fn accept_tls(
     }
 }
 
+/// Serves one already-established connection (no TLS) with the gateway's request handler, as if it had arrived
+/// on the HTTPS listener without SNI. For benchmarks and in-process embedding; it skips the certificate check.
+pub async fn serve_gateway_connection<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Ctx {
+        shared: Arc::clone(&shared),
+        stop: CancellationToken::new(),
+        conns: TaskTracker::new(),
+        https_port: 443,
+    };
+    let info = Arc::new(ConnInfo {
+        peer,
+        sni: None,
+        cert: None,
+    });
+    let svc = service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
+    serve(io, svc, &ctx, "https").await;
+}
+
 /// Accepts plain-HTTP connections (redirector or admin) until stopped.
 pub(crate) async fn accept_plain(listener: TcpListener, kind: Plain, ctx: Ctx) {
     loop {

@@ -8,5 +8,5 @@ mod listener;
 mod run;
 mod watch;
 
-pub use listener::{BoundAddrs, Listeners};
+pub use listener::{serve_gateway_connection, BoundAddrs, Listeners};
 pub use run::{run, DrainReport, SniResolver};
