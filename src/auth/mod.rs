@@ -1,0 +1,26 @@
+//! Authentication and authorization: Bearer JWTs validated against cached JWKS (or a shared HMAC secret),
+//! opaque tokens via RFC 7662 introspection, per-service access rules on normalized paths, and the identity
+//! headers sent to backends.
+//!
+//! The config side ([`build_auth`], [`build_service_policy`]) reads only local files; the runtime side
+//! ([`Authenticator`]) owns the caches and the issuer HTTP client. Only this module can make a [`Permit`].
+
+mod authenticator;
+mod claims;
+mod error;
+mod http;
+mod identity;
+mod jwks;
+mod jwt;
+mod path;
+mod policy;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+pub use authenticator::{Authenticator, AuthenticatorOptions, Clock, SystemClock};
+pub use claims::ClaimPath;
+pub use error::{AuthError, DenyReason, FetchError, PathRejection, TokenRejection};
+pub use identity::{apply_identity, Identity, Permit};
+pub use policy::{build_service_policy, RuleRef, ServicePolicy};
+pub use settings::{build_auth, AuthSettings, Issuer, JwksTuning};
