@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::claims::numeric_date;
+use super::client::{form_encode, HttpClient};
 use super::error::{AuthError, FetchError, TokenRejection};
-use super::http::{form_encode, HttpClient};
 use super::identity::{Identity, Permit};
 use super::jwks::{fetch_keys, KeySnapshot, PublicKey};
 use super::jwt;
@@ -235,7 +235,8 @@ impl Authenticator {
         headers: &HeaderMap,
     ) -> Result<Permit, AuthError> {
         let forms = normalized_forms(path).map_err(|reason| AuthError::BadPath { reason })?;
-        let preflight = method == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight =
+            method == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
         let needs = match policy.requirement(method, &forms, preflight) {
             Requirement::Anonymous(rule) => {
                 tracing::debug!(service = %policy.name, auth.decision = "allow", auth.rule = %rule, "admitted without authentication");
@@ -295,7 +296,11 @@ impl Authenticator {
             }
         }
         let parsed = jwt::parse(token).map_err(|reason| invalid(None, reason))?;
-        let iss = parsed.claims.get("iss").and_then(Value::as_str).unwrap_or("");
+        let iss = parsed
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let Some(issuer) = trusted.iter().find(|i| i.url == iss) else {
             return Err(invalid(
                 Some(iss.to_owned()).filter(|s| !s.is_empty()),
@@ -372,7 +377,11 @@ impl Authenticator {
         let audiences = policy.audiences.as_deref().unwrap_or(&issuer.audiences);
         jwt::check_claims(&claims, audiences, now, issuer.leeway as i64)
             .map_err(|reason| invalid(Some(issuer.url.clone()), reason))?;
-        Ok(Identity::from_claims(claims, issuer, policy.groups_claim.as_ref()))
+        Ok(Identity::from_claims(
+            claims,
+            issuer,
+            policy.groups_claim.as_ref(),
+        ))
     }
 
     /// Whether a cached verification may be reused: for a JWKS issuer its key must still be in the current set
@@ -411,7 +420,10 @@ impl Authenticator {
         if needs_fetch {
             let seen = snap.as_ref().map(|s| s.generation);
             let retry_ok = snap.as_ref().is_none_or(|s| {
-                !s.last_failed || now >= s.last_attempt + FAILURE_BACKOFF_SECS.min(t.unknown_kid_cooldown.as_secs())
+                !s.last_failed
+                    || now
+                        >= s.last_attempt
+                            + FAILURE_BACKOFF_SECS.min(t.unknown_kid_cooldown.as_secs())
             });
             if retry_ok {
                 let (s, err) = self.refresh(issuer, t, seen).await;
@@ -447,7 +459,10 @@ impl Authenticator {
         let found = set.candidates(kid, alg);
         if found.is_empty() {
             tracing::debug!(auth.issuer = %issuer.url, auth.kid = kid.unwrap_or(""), "unknown key id for issuer");
-            return Err(invalid(Some(issuer.url.clone()), TokenRejection::UnknownKey));
+            return Err(invalid(
+                Some(issuer.url.clone()),
+                TokenRejection::UnknownKey,
+            ));
         }
         Ok(found)
     }
@@ -528,7 +543,9 @@ impl Authenticator {
     ) -> Result<Identity, AuthError> {
         let mut tried = false;
         for issuer in policy.trusted(auth) {
-            let Some(cfg) = &issuer.introspection else { continue };
+            let Some(cfg) = &issuer.introspection else {
+                continue;
+            };
             tried = true;
             let mut h = Sha256::new();
             h.update(issuer.fingerprint);
@@ -539,9 +556,13 @@ impl Authenticator {
                 .introspected
                 .try_get_with(digest, async {
                     let client = issuer.client.as_ref().unwrap_or(&self.inner.client);
-                    let mut form = format!("token={}&token_type_hint=access_token", form_encode(token));
+                    let mut form =
+                        format!("token={}&token_type_hint=access_token", form_encode(token));
                     let mut req = Request::post(cfg.endpoint.clone())
-                        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .header(
+                            http::header::CONTENT_TYPE,
+                            "application/x-www-form-urlencoded",
+                        )
                         .header(http::header::ACCEPT, "application/json");
                     match cfg.method {
                         ClientAuthMethod::Basic => {
@@ -551,7 +572,8 @@ impl Authenticator {
                                 form_encode(&cfg.client_id),
                                 form_encode(cfg.secret.expose())
                             );
-                            req = req.header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(cred)));
+                            req = req
+                                .header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(cred)));
                         }
                         ClientAuthMethod::Post => {
                             form.push_str(&format!(
@@ -684,9 +706,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let token = rest.trim_start_matches(' ');
     let body = token.trim_end_matches('=');
     let ok = !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if ok {
         Ok(token)
     } else {

@@ -111,7 +111,9 @@ pub(crate) fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<Re
             .as_i64()
             .or_else(|| n.as_f64().map(|f| f.floor() as i64))
             .ok_or(()),
-        Value::Null | Value::Bool(_) | Value::String(_) | Value::Array(_) | Value::Object(_) => Err(()),
+        Value::Null | Value::Bool(_) | Value::String(_) | Value::Array(_) | Value::Object(_) => {
+            Err(())
+        }
     })
 }
 

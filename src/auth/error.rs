@@ -71,7 +71,9 @@ impl AuthError {
     /// otherwise. `None` for other statuses.
     pub fn www_authenticate(&self) -> Option<HeaderValue> {
         match self {
-            AuthError::NoCredentials => Some(HeaderValue::from_static(r#"Bearer realm="portcullis""#)),
+            AuthError::NoCredentials => {
+                Some(HeaderValue::from_static(r#"Bearer realm="portcullis""#))
+            }
             AuthError::InvalidToken { reason, .. } => Some(HeaderValue::from_static(
                 if matches!(reason, TokenRejection::Expired) {
                     r#"Bearer realm="portcullis", error="invalid_token", error_description="the access token expired""#

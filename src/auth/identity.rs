@@ -149,24 +149,29 @@ pub(crate) fn build_identity_headers(
     f: Option<&FileIdentityHeaders>,
     problems: &mut Problems,
 ) -> IdentityHeaders {
-    let mut names = |key: &str, v: Option<&FileOneOrMany>, default: &'static str| -> Vec<HeaderName> {
-        let list: Vec<String> = match v {
-            None => return vec![HeaderName::from_static(default)],
-            Some(FileOneOrMany::One(s)) => vec![s.clone()],
-            Some(FileOneOrMany::Many(m)) => m.clone(),
+    let mut names =
+        |key: &str, v: Option<&FileOneOrMany>, default: &'static str| -> Vec<HeaderName> {
+            let list: Vec<String> = match v {
+                None => return vec![HeaderName::from_static(default)],
+                Some(FileOneOrMany::One(s)) => vec![s.clone()],
+                Some(FileOneOrMany::Many(m)) => m.clone(),
+            };
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, s)| header_name(&format!("{base}.{key}.{i}"), s, problems))
+                .collect()
         };
-        list.iter()
-            .enumerate()
-            .filter_map(|(i, s)| header_name(&format!("{base}.{key}.{i}"), s, problems))
-            .collect()
-    };
     let user = names("user", f.and_then(|f| f.user.as_ref()), "remote-user");
     let email = names("email", f.and_then(|f| f.email.as_ref()), "remote-email");
     let groups = names("groups", f.and_then(|f| f.groups.as_ref()), "remote-groups");
     let name = names("name", f.and_then(|f| f.name.as_ref()), "remote-name");
     let separator = match f.and_then(|f| f.group_separator.as_deref()) {
         None => ",".to_owned(),
-        Some(s) if !s.is_empty() && HeaderValue::from_str(s).is_ok() && s.trim() == s.trim_end() => s.to_owned(),
+        Some(s)
+            if !s.is_empty() && HeaderValue::from_str(s).is_ok() && s.trim() == s.trim_end() =>
+        {
+            s.to_owned()
+        }
         Some(s) => {
             problems.invalid(
                 format!("{base}.group_separator"),
@@ -204,7 +209,11 @@ pub(crate) fn build_identity_headers(
 fn header_name(path: &str, s: &str, problems: &mut Problems) -> Option<HeaderName> {
     match HeaderName::from_bytes(s.as_bytes()) {
         Ok(n) if FORBIDDEN.contains(&n.as_str()) => {
-            problems.invalid(path, s, "this header cannot carry identity (hop-by-hop or framing)");
+            problems.invalid(
+                path,
+                s,
+                "this header cannot carry identity (hop-by-hop or framing)",
+            );
             None
         }
         Ok(n) => Some(n),
@@ -291,7 +300,10 @@ pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut Hea
         set(&h.groups, Some(&groups.join(&h.separator)));
     }
     for (name, path) in &h.claims {
-        if let Some(text) = path.lookup(&id.claims).and_then(|v| claim_text(v, &h.separator)) {
+        if let Some(text) = path
+            .lookup(&id.claims)
+            .and_then(|v| claim_text(v, &h.separator))
+        {
             set(std::slice::from_ref(name), Some(&text));
         }
     }

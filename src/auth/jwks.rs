@@ -15,8 +15,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
+use super::client::{is_allowed_scheme, HttpClient};
 use super::error::FetchError;
-use super::http::{is_allowed_scheme, HttpClient};
 use super::settings::{Issuer, JwksSource, JwksTuning};
 
 /// The type of a public key, which decides the algorithms it can verify.
@@ -264,13 +264,25 @@ mod tests {
         let t = JwksTuning::default();
         let mut h = http::HeaderMap::new();
         assert_eq!(cache_ttl(&h, &t), Duration::from_secs(300));
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=5"));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=5"),
+        );
         assert_eq!(cache_ttl(&h, &t), t.min_ttl);
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=999999"));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=999999"),
+        );
         assert_eq!(cache_ttl(&h, &t), t.max_ttl);
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=600"));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=600"),
+        );
         assert_eq!(cache_ttl(&h, &t), Duration::from_secs(600));
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
         assert_eq!(cache_ttl(&h, &t), t.min_ttl);
     }
 

@@ -34,7 +34,9 @@ pub(crate) fn looks_like_jwt(token: &str) -> bool {
 /// `AlgorithmNotAllowed` for `none` or an unknown `alg`.
 pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, TokenRejection> {
     let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenRejection::Malformed)?;
-    let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(TokenRejection::Malformed)?;
+    let (header_b64, payload_b64) = signing_input
+        .split_once('.')
+        .ok_or(TokenRejection::Malformed)?;
     let header: Map<String, Value> = decode_json(header_b64)?;
     if header.contains_key("crit") {
         return Err(TokenRejection::Malformed);
@@ -43,7 +45,9 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, TokenRejection> {
         .get("alg")
         .and_then(Value::as_str)
         .ok_or(TokenRejection::Malformed)?;
-    let alg: Algorithm = alg.parse().map_err(|_| TokenRejection::AlgorithmNotAllowed)?;
+    let alg: Algorithm = alg
+        .parse()
+        .map_err(|_| TokenRejection::AlgorithmNotAllowed)?;
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.clone()),
@@ -104,7 +108,9 @@ pub(crate) fn check_claims(
         return Err(TokenRejection::Expired);
     }
     match numeric_date(claims, "nbf") {
-        Some(Ok(nbf)) if now.saturating_add(leeway) < nbf => return Err(TokenRejection::NotYetValid),
+        Some(Ok(nbf)) if now.saturating_add(leeway) < nbf => {
+            return Err(TokenRejection::NotYetValid)
+        }
         Some(Err(())) => return Err(TokenRejection::Malformed),
         Some(Ok(_)) | None => {}
     }
@@ -162,15 +168,24 @@ mod tests {
         assert_eq!(check_claims(&c, &[], 950, 0), Ok(()));
         assert_eq!(check_claims(&c, &[], 1001, 0), Err(TokenRejection::Expired));
         assert_eq!(check_claims(&c, &[], 1001, 5), Ok(()));
-        assert_eq!(check_claims(&c, &[], 899, 0), Err(TokenRejection::NotYetValid));
+        assert_eq!(
+            check_claims(&c, &[], 899, 0),
+            Err(TokenRejection::NotYetValid)
+        );
         assert_eq!(check_claims(&c, &[], 899, 1), Ok(()));
         let c = map(json!({"exp": 2000, "iat": 1500}));
-        assert_eq!(check_claims(&c, &[], 1000, 60), Err(TokenRejection::IssuedInFuture));
+        assert_eq!(
+            check_claims(&c, &[], 1000, 60),
+            Err(TokenRejection::IssuedInFuture)
+        );
     }
 
     #[test]
     fn exp_is_required_and_numeric() {
-        assert_eq!(check_claims(&map(json!({})), &[], 0, 0), Err(TokenRejection::MissingExp));
+        assert_eq!(
+            check_claims(&map(json!({})), &[], 0, 0),
+            Err(TokenRejection::MissingExp)
+        );
         assert_eq!(
             check_claims(&map(json!({"exp": "soon"})), &[], 0, 0),
             Err(TokenRejection::MissingExp)
@@ -181,12 +196,18 @@ mod tests {
     fn audience_string_or_array() {
         let want = vec!["api".to_owned()];
         assert_eq!(check_audience(&map(json!({"aud": "api"})), &want), Ok(()));
-        assert_eq!(check_audience(&map(json!({"aud": ["x", "api"]})), &want), Ok(()));
+        assert_eq!(
+            check_audience(&map(json!({"aud": ["x", "api"]})), &want),
+            Ok(())
+        );
         assert_eq!(
             check_audience(&map(json!({"aud": ["x"]})), &want),
             Err(TokenRejection::WrongAudience)
         );
-        assert_eq!(check_audience(&map(json!({})), &want), Err(TokenRejection::WrongAudience));
+        assert_eq!(
+            check_audience(&map(json!({})), &want),
+            Err(TokenRejection::WrongAudience)
+        );
         assert_eq!(check_audience(&map(json!({})), &[]), Ok(()));
     }
 
@@ -194,9 +215,15 @@ mod tests {
     fn none_and_crit_are_refused() {
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let p = URL_SAFE_NO_PAD.encode(br#"{"exp":1}"#);
-        assert_eq!(parse(&format!("{h}.{p}.")).err(), Some(TokenRejection::AlgorithmNotAllowed));
+        assert_eq!(
+            parse(&format!("{h}.{p}.")).err(),
+            Some(TokenRejection::AlgorithmNotAllowed)
+        );
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","crit":["exp"]}"#);
-        assert_eq!(parse(&format!("{h}.{p}.sig")).err(), Some(TokenRejection::Malformed));
+        assert_eq!(
+            parse(&format!("{h}.{p}.sig")).err(),
+            Some(TokenRejection::Malformed)
+        );
         assert_eq!(parse("a.b.c").err(), Some(TokenRejection::Malformed));
     }
 }

@@ -7,8 +7,8 @@
 
 mod authenticator;
 mod claims;
+mod client;
 mod error;
-mod http;
 mod identity;
 mod jwks;
 mod jwt;

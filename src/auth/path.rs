@@ -148,9 +148,12 @@ impl PathPattern {
         if body.contains('*') {
             return Err("`*` is only allowed at the end");
         }
-        let forms = normalized_forms(body).map_err(|_| "must not contain NUL or broken percent-encoding")?;
+        let forms = normalized_forms(body)
+            .map_err(|_| "must not contain NUL or broken percent-encoding")?;
         if forms.len() != 1 || forms[0] != body {
-            return Err("must be in normalized form (no `.`/`..` segments, `//`, `\\` or percent-encoding)");
+            return Err(
+                "must be in normalized form (no `.`/`..` segments, `//`, `\\` or percent-encoding)",
+            );
         }
         Ok(match (star, body.strip_suffix('/')) {
             (false, _) => PathPattern::Exact(body.to_owned()),
@@ -212,7 +215,10 @@ mod tests {
     fn double_slashes_collapse_in_both_orders() {
         assert_eq!(forms("//admin"), ["/admin"]);
         let f = forms("/a//../b");
-        assert!(f.contains(&"/a/b".to_owned()) && f.contains(&"/b".to_owned()), "{f:?}");
+        assert!(
+            f.contains(&"/a/b".to_owned()) && f.contains(&"/b".to_owned()),
+            "{f:?}"
+        );
     }
 
     #[test]
@@ -245,7 +251,10 @@ mod tests {
         assert!(exact.matches("/health", false) && !exact.matches("/health/x", false));
         let prefix = PathPattern::parse("/static*").expect("valid");
         assert!(prefix.matches("/static.css", false));
-        assert_eq!(PathPattern::parse("/*"), Ok(PathPattern::Prefix("/".into())));
+        assert_eq!(
+            PathPattern::parse("/*"),
+            Ok(PathPattern::Prefix("/".into()))
+        );
     }
 
     #[test]

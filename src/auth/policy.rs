@@ -247,13 +247,13 @@ impl Access {
     /// The reason it does not.
     pub(crate) fn check(&self, id: &Identity) -> Result<(), DenyReason> {
         if !self.is_open() {
-            let user_ok = self
-                .users
-                .iter()
-                .any(|u| *u == id.user || *u == id.subject);
+            let user_ok = self.users.iter().any(|u| *u == id.user || *u == id.subject);
             let group_ok = self.groups.iter().any(|g| id.groups.contains(g));
             // An address the issuer marks unverified proves nothing (OpenID Connect Core §5.1 `email_verified`).
-            let email = id.email.as_deref().filter(|_| id.email_verified != Some(false));
+            let email = id
+                .email
+                .as_deref()
+                .filter(|_| id.email_verified != Some(false));
             let email_ok = email.is_some_and(|e| {
                 self.emails.iter().any(|p| match p {
                     EmailPattern::Exact(x) => x.eq_ignore_ascii_case(e),
@@ -344,7 +344,10 @@ pub fn build_service_policy(
                         if known.is_empty() {
                             "no issuer is configured in [[auth.issuers]]".to_owned()
                         } else {
-                            format!("no such issuer in [[auth.issuers]] (known: {})", known.join(", "))
+                            format!(
+                                "no such issuer in [[auth.issuers]] (known: {})",
+                                known.join(", ")
+                            )
                         },
                     );
                 }
@@ -434,7 +437,11 @@ fn build_access(
                 Some(("*", d)) if !d.is_empty() && !d.contains(['@', '*']) => {
                     Some(EmailPattern::Domain(d.to_owned()))
                 }
-                Some((l, d)) if !l.is_empty() && !d.is_empty() && !(l.contains('*') || d.contains(['@', '*'])) => {
+                Some((l, d))
+                    if !l.is_empty()
+                        && !d.is_empty()
+                        && !(l.contains('*') || d.contains(['@', '*'])) =>
+                {
                     Some(EmailPattern::Exact(e.clone()))
                 }
                 _ => None,
@@ -526,7 +533,11 @@ fn build_rule(path: &str, r: &FileRule, problems: &mut Problems) -> Option<Rule>
                 match Method::from_bytes(up.as_bytes()) {
                     Ok(method) if !up.is_empty() => Some(method),
                     _ => {
-                        problems.invalid(format!("{path}.methods.{i}"), m, "not an HTTP method token");
+                        problems.invalid(
+                            format!("{path}.methods.{i}"),
+                            m,
+                            "not an HTTP method token",
+                        );
                         None
                     }
                 }

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
 
 use super::claims::ClaimPath;
-use super::http::{is_allowed_scheme, HttpClient};
+use super::client::{is_allowed_scheme, HttpClient};
 use crate::config::file::{FileAuth, FileIssuer, FileJwks};
 use crate::config::{resolve_secret, ProblemKind, Problems, Secret};
 
@@ -198,20 +198,20 @@ pub fn build_auth(file: &FileAuth, base_dir: &Path, problems: &mut Problems) -> 
     for (i, fi) in file.issuers.iter().flatten().enumerate() {
         let path = format!("auth.issuers.{i}");
         if let Some(issuer) = build_issuer(fi, &path, base_dir, problems) {
-            if issuers.iter().any(|o| o.name == issuer.name) {
-                problems.push(
-                    format!("{path}.name"),
-                    ProblemKind::Conflict {
-                        reason: format!("issuer name {:?} is used twice", issuer.name),
-                    },
-                );
-                continue;
-            }
             if issuers.iter().any(|o| o.url == issuer.url) {
                 problems.push(
                     format!("{path}.issuer"),
                     ProblemKind::Conflict {
                         reason: format!("issuer {:?} is configured twice", issuer.url),
+                    },
+                );
+                continue;
+            }
+            if issuers.iter().any(|o| o.name == issuer.name) {
+                problems.push(
+                    format!("{path}.name"),
+                    ProblemKind::Conflict {
+                        reason: format!("issuer name {:?} is used twice", issuer.name),
                     },
                 );
                 continue;
@@ -298,7 +298,16 @@ fn build_issuer(
         );
         return None;
     };
-    let url_parsed = parse_url(url, &format!("{path}.issuer"), problems);
+    // `iss` is a StringOrURI (RFC 7519 §4.1.1): only discovery needs it to be a URL.
+    let discovery = f.secret.is_none() && f.secret_file.is_none() && f.jwks_uri.is_none();
+    let url_parsed = if discovery {
+        parse_url(url, &format!("{path}.issuer"), problems)
+    } else if url.trim().is_empty() {
+        problems.invalid(format!("{path}.issuer"), url, "must not be empty");
+        None
+    } else {
+        None
+    };
     let secret = resolve_secret(
         f.secret.as_deref(),
         f.secret_file.as_deref(),
@@ -329,7 +338,11 @@ fn build_issuer(
         Some(list) => {
             let mut out = Vec::new();
             if list.is_empty() {
-                problems.invalid(format!("{path}.algorithms"), "[]", "list at least one algorithm");
+                problems.invalid(
+                    format!("{path}.algorithms"),
+                    "[]",
+                    "list at least one algorithm",
+                );
             }
             for (j, name) in list.iter().enumerate() {
                 let apath = format!("{path}.algorithms.{j}");
@@ -382,15 +395,17 @@ fn build_issuer(
     }
 
     let source = match (&f.jwks_uri, &url_parsed) {
-        (Some(j), _) => parse_url(j, &format!("{path}.jwks_uri"), problems).map(JwksSource::Explicit),
-        (None, Some(_)) => {
+        (Some(j), _) => {
+            parse_url(j, &format!("{path}.jwks_uri"), problems).map(JwksSource::Explicit)
+        }
+        (None, Some(_)) if discovery => {
             let disc = format!(
                 "{}/.well-known/openid-configuration",
                 url.trim_end_matches('/')
             );
             disc.parse::<Uri>().ok().map(JwksSource::Discovery)
         }
-        (None, None) => None,
+        (None, _) => None,
     };
 
     let audiences = match &f.audiences {
@@ -436,12 +451,19 @@ fn build_issuer(
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap_or_default(),
             Err(source) => {
-                problems.push(format!("{path}.ca_file"), ProblemKind::File { path: full, source });
+                problems.push(
+                    format!("{path}.ca_file"),
+                    ProblemKind::File { path: full, source },
+                );
                 return None;
             }
         };
         if certs.is_empty() {
-            problems.invalid(format!("{path}.ca_file"), ca, "no PEM certificate in the file");
+            problems.invalid(
+                format!("{path}.ca_file"),
+                ca,
+                "no PEM certificate in the file",
+            );
             return None;
         }
         match HttpClient::new(&certs) {
@@ -513,9 +535,18 @@ fn build_introspection(
     let Some(ep) = f.introspection_endpoint.as_deref() else {
         for (key, set) in [
             ("client_id", f.client_id.is_some()),
-            ("client_secret", f.client_secret.is_some() || f.client_secret_file.is_some()),
-            ("introspection_auth_method", f.introspection_auth_method.is_some()),
-            ("introspection_cache_secs", f.introspection_cache_secs.is_some()),
+            (
+                "client_secret",
+                f.client_secret.is_some() || f.client_secret_file.is_some(),
+            ),
+            (
+                "introspection_auth_method",
+                f.introspection_auth_method.is_some(),
+            ),
+            (
+                "introspection_cache_secs",
+                f.introspection_cache_secs.is_some(),
+            ),
         ] {
             if set {
                 problems.push(

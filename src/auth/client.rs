@@ -29,7 +29,9 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     /// A client trusting the webpki roots and `extra` certificates.
-    pub(crate) fn new(extra: &[rustls::pki_types::CertificateDer<'static>]) -> Result<Self, rustls::Error> {
+    pub(crate) fn new(
+        extra: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, rustls::Error> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -132,7 +134,8 @@ pub(crate) fn is_allowed_scheme(uri: &Uri) -> bool {
 fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value (HTML URL-encoding: unreserved kept, the rest
