@@ -82,7 +82,8 @@ struct Inner {
     client: HttpClient,
     clock: Arc<dyn Clock>,
     keys: moka::future::Cache<String, Arc<KeySnapshot>>,
-    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// `None` when disabled (capacity 0).
+    verified: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
     introspected: moka::future::Cache<[u8; 32], Arc<Introspected>>,
 }
 
@@ -155,10 +156,12 @@ impl Authenticator {
                     .max_capacity(1024)
                     .time_to_idle(Duration::from_secs(7 * 24 * 3600))
                     .build(),
-                verified: moka::sync::Cache::builder()
-                    .max_capacity(o.verified_cache_capacity)
-                    .expire_after(VerifiedExpiry)
-                    .build(),
+                verified: (o.verified_cache_capacity > 0).then(|| {
+                    moka::sync::Cache::builder()
+                        .max_capacity(o.verified_cache_capacity)
+                        .expire_after(VerifiedExpiry)
+                        .build()
+                }),
                 introspected: moka::future::Cache::builder()
                     .max_capacity(o.introspection_cache_capacity)
                     .expire_after(IntrospectedExpiry)
@@ -287,7 +290,7 @@ impl Authenticator {
         let trusted = policy.trusted(auth);
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = self.now() as i64;
-        if let Some(v) = self.inner.verified.get(&digest) {
+        if let Some(v) = self.inner.verified.as_ref().and_then(|c| c.get(&digest)) {
             if let Some(issuer) = trusted.iter().find(|i| i.fingerprint == v.fingerprint) {
                 if self.key_still_published(issuer, v.kid.as_deref()).await {
                     let claims = Arc::clone(&v.claims);
@@ -351,8 +354,8 @@ impl Authenticator {
         let identity = self.finish(policy, issuer, Arc::clone(&claims), now)?;
         if let Some(Ok(exp)) = numeric_date(&claims, "exp") {
             let left = exp.saturating_add(issuer.leeway as i64).saturating_sub(now);
-            if left > 0 {
-                self.inner.verified.insert(
+            if let Some(cache) = self.inner.verified.as_ref().filter(|_| left > 0) {
+                cache.insert(
                     digest,
                     Arc::new(Verified {
                         fingerprint: issuer.fingerprint,

@@ -72,7 +72,7 @@ pub(crate) fn claim_holds(value: Option<&Value>, wanted: &[String]) -> bool {
             Value::String(s) => wanted.iter().any(|w| w == s),
             Value::Bool(_) | Value::Number(_) => {
                 let text = v.to_string();
-                wanted.iter().any(|w| *w == text)
+                wanted.contains(&text)
             }
             Value::Null | Value::Array(_) | Value::Object(_) => false,
         }

@@ -261,10 +261,10 @@ pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut Hea
             .flat_map(|v| v.split(','))
             .map(|t| t.trim().to_ascii_lowercase())
             .filter(|t| {
-                !t.is_empty()
-                    && !RESERVED.contains(&t.as_str())
-                    && !h.all_names().any(|n| n.as_str() == t)
-                    && !(t == "authorization" && policy.pass_authorization)
+                let ours = RESERVED.contains(&t.as_str())
+                    || h.all_names().any(|n| n.as_str() == t)
+                    || (t == "authorization" && policy.pass_authorization);
+                !(t.is_empty() || ours)
             })
             .collect();
         headers.remove(CONNECTION);

@@ -438,9 +438,10 @@ fn build_access(
                     Some(EmailPattern::Domain(d.to_owned()))
                 }
                 Some((l, d))
-                    if !l.is_empty()
-                        && !d.is_empty()
-                        && !(l.contains('*') || d.contains(['@', '*'])) =>
+                    if !(l.is_empty()
+                        || d.is_empty()
+                        || l.contains('*')
+                        || d.contains(['@', '*'])) =>
                 {
                     Some(EmailPattern::Exact(e.clone()))
                 }
