@@ -1,0 +1,720 @@
+//! The [`Authenticator`]: long-lived caches (JWKS per issuer, verified claims, introspection answers) and the
+//! per-request decision [`Authenticator::authorize`].
+//!
+//! It lives outside the config snapshot (keyed by issuer URL, so a reload logs nobody out) and never blocks a
+//! reload: keys are fetched lazily, on the request path, under the fetch timeout. Tokens are never logged.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION};
+use http::{HeaderMap, Method, Request};
+use http_body_util::Full;
+use jsonwebtoken::Algorithm;
+use moka::ops::compute::Op;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::claims::numeric_date;
+use super::client::{form_encode, HttpClient};
+use super::error::{AuthError, FetchError, TokenRejection};
+use super::identity::{Identity, Permit};
+use super::jwks::{fetch_keys, KeySnapshot, PublicKey};
+use super::jwt;
+use super::path::normalized_forms;
+use super::policy::{Requirement, ServicePolicy};
+use super::settings::{AuthSettings, ClientAuthMethod, Issuer, IssuerKind, JwksTuning};
+
+/// A source of the current time in Unix seconds; injectable so tests can move time without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Longest time a verified token is remembered, whatever its `exp`.
+const VERIFIED_MAX_TTL: Duration = Duration::from_secs(600);
+/// Backoff after a failed fetch before another is tried for a request (keys still usable meanwhile).
+const FAILURE_BACKOFF_SECS: u64 = 5;
+
+/// Tuning of an [`Authenticator`].
+pub struct AuthenticatorOptions {
+    /// The time source (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+    /// Entries of the verified-claims cache; 0 disables it (default 10 000).
+    pub verified_cache_capacity: u64,
+    /// Entries of the introspection cache (default 10 000).
+    pub introspection_cache_capacity: u64,
+}
+
+impl Default for AuthenticatorOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            verified_cache_capacity: 10_000,
+            introspection_cache_capacity: 10_000,
+        }
+    }
+}
+
+/// Long-lived caches and the HTTP client used to reach issuers. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: HttpClient,
+    clock: Arc<dyn Clock>,
+    keys: moka::future::Cache<String, Arc<KeySnapshot>>,
+    /// `None` when disabled (capacity 0).
+    verified: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
+    introspected: moka::future::Cache<[u8; 32], Arc<Introspected>>,
+}
+
+/// A token whose signature was checked.
+struct Verified {
+    fingerprint: [u8; 32],
+    kid: Option<String>,
+    claims: Arc<Map<String, Value>>,
+    ttl: Duration,
+}
+
+/// An introspection answer.
+struct Introspected {
+    active: bool,
+    claims: Arc<Map<String, Value>>,
+    ttl: Duration,
+}
+
+struct VerifiedExpiry;
+impl moka::Expiry<[u8; 32], Arc<Verified>> for VerifiedExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Verified>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+struct IntrospectedExpiry;
+impl moka::Expiry<[u8; 32], Arc<Introspected>> for IntrospectedExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Introspected>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuers_cached", &self.inner.keys.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator with empty caches, the system clock and a webpki-roots HTTPS client.
+    pub fn new() -> Self {
+        Self::with_options(AuthenticatorOptions::default())
+    }
+
+    /// An authenticator with explicit tuning (tests inject a clock; benchmarks disable the claims cache).
+    pub fn with_options(o: AuthenticatorOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client: HttpClient::with_webpki_roots(),
+                clock: o.clock,
+                keys: moka::future::Cache::builder()
+                    .max_capacity(1024)
+                    .time_to_idle(Duration::from_secs(7 * 24 * 3600))
+                    .build(),
+                verified: (o.verified_cache_capacity > 0).then(|| {
+                    moka::sync::Cache::builder()
+                        .max_capacity(o.verified_cache_capacity)
+                        .expire_after(VerifiedExpiry)
+                        .build()
+                }),
+                introspected: moka::future::Cache::builder()
+                    .max_capacity(o.introspection_cache_capacity)
+                    .expire_after(IntrospectedExpiry)
+                    .build(),
+            }),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.clock.now()
+    }
+
+    /// The decision for one request. `path` is the raw request path (no query); it is normalized here before
+    /// rules are matched, and the most restrictive reading decides.
+    ///
+    /// # Errors
+    /// [`AuthError`]: no or invalid credentials (401), not allowed (403), unusable path (400), issuer keys
+    /// unavailable or auth not configured (503).
+    pub async fn authorize(
+        &self,
+        auth: &AuthSettings,
+        policy: &ServicePolicy,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Permit, AuthError> {
+        let result = self.decide(auth, policy, method, path, headers).await;
+        match &result {
+            Ok(p) => tracing::debug!(
+                service = %policy.name,
+                auth.decision = "allow",
+                auth.user = p.identity().map_or("", |i| i.user.as_str()),
+                "request admitted"
+            ),
+            Err(e @ AuthError::Forbidden { rule, .. }) => tracing::info!(
+                service = %policy.name,
+                auth.decision = "deny",
+                auth.rule = %rule,
+                auth.reason = e.reason_label(),
+                error = %e,
+                "request denied"
+            ),
+            Err(e @ AuthError::NotConfigured { .. }) => tracing::error!(
+                service = %policy.name,
+                auth.decision = "deny",
+                auth.reason = e.reason_label(),
+                "service requires authentication but auth is not configured: add [[auth.issuers]] or set bypass_auth"
+            ),
+            Err(e @ AuthError::IssuerUnavailable { issuer, source }) => tracing::warn!(
+                service = %policy.name,
+                auth.decision = "deny",
+                auth.reason = e.reason_label(),
+                auth.issuer = %issuer,
+                error = %source,
+                "issuer unavailable"
+            ),
+            Err(e) => tracing::debug!(
+                service = %policy.name,
+                auth.decision = "deny",
+                auth.reason = e.reason_label(),
+                error = %e,
+                "request not authenticated"
+            ),
+        }
+        result
+    }
+
+    async fn decide(
+        &self,
+        auth: &AuthSettings,
+        policy: &ServicePolicy,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Permit, AuthError> {
+        let forms = normalized_forms(path).map_err(|reason| AuthError::BadPath { reason })?;
+        let preflight =
+            method == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+        let needs = match policy.requirement(method, &forms, preflight) {
+            Requirement::Anonymous(rule) => {
+                tracing::debug!(service = %policy.name, auth.decision = "allow", auth.rule = %rule, "admitted without authentication");
+                return Ok(Permit::anonymous());
+            }
+            Requirement::Deny(rule) => {
+                return Err(AuthError::Forbidden {
+                    rule,
+                    reason: super::error::DenyReason::DenyRule,
+                })
+            }
+            Requirement::Identity(needs) => needs,
+        };
+        if policy.trusted(auth).is_empty() {
+            return Err(AuthError::NotConfigured {
+                service: policy.name.clone(),
+            });
+        }
+        let token = bearer(headers)?;
+        let identity = self.authenticate(auth, policy, token).await?;
+        for (rule, access) in needs {
+            access
+                .check(&identity)
+                .map_err(|reason| AuthError::Forbidden { rule, reason })?;
+        }
+        Ok(Permit::authenticated(identity))
+    }
+
+    async fn authenticate(
+        &self,
+        auth: &AuthSettings,
+        policy: &ServicePolicy,
+        token: &str,
+    ) -> Result<Identity, AuthError> {
+        if jwt::looks_like_jwt(token) {
+            self.authenticate_jwt(auth, policy, token).await
+        } else {
+            self.introspect(auth, policy, token).await
+        }
+    }
+
+    async fn authenticate_jwt(
+        &self,
+        auth: &AuthSettings,
+        policy: &ServicePolicy,
+        token: &str,
+    ) -> Result<Identity, AuthError> {
+        let trusted = policy.trusted(auth);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = self.now() as i64;
+        if let Some(v) = self.inner.verified.as_ref().and_then(|c| c.get(&digest)) {
+            if let Some(issuer) = trusted.iter().find(|i| i.fingerprint == v.fingerprint) {
+                if self.key_still_published(issuer, v.kid.as_deref()).await {
+                    let claims = Arc::clone(&v.claims);
+                    return self.finish(policy, issuer, claims, now);
+                }
+            }
+        }
+        let parsed = jwt::parse(token).map_err(|reason| invalid(None, reason))?;
+        let iss = parsed
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let Some(issuer) = trusted.iter().find(|i| i.url == iss) else {
+            return Err(invalid(
+                Some(iss.to_owned()).filter(|s| !s.is_empty()),
+                TokenRejection::UntrustedIssuer,
+            ));
+        };
+        let fail = |reason| invalid(Some(issuer.url.clone()), reason);
+        if !issuer.algorithms.contains(&parsed.alg) {
+            return Err(fail(TokenRejection::AlgorithmNotAllowed));
+        }
+        match &issuer.kind {
+            IssuerKind::Hmac(key) => {
+                // A shared-secret issuer verifies HMAC only: a public-key `alg` never reaches this key.
+                if !jwt::is_hmac(parsed.alg) {
+                    return Err(fail(TokenRejection::AlgorithmKeyMismatch));
+                }
+                jwt::verify_signature(&parsed, key).map_err(fail)?;
+            }
+            IssuerKind::Jwks(_) => {
+                if jwt::is_hmac(parsed.alg) {
+                    return Err(fail(TokenRejection::AlgorithmKeyMismatch));
+                }
+                let keys = self
+                    .public_keys(auth, issuer, parsed.kid.as_deref(), parsed.alg)
+                    .await?;
+                let mut ok = false;
+                let mut mismatch = true;
+                for k in &keys {
+                    if !k.accepts(parsed.alg) {
+                        continue;
+                    }
+                    mismatch = false;
+                    if jwt::verify_signature(&parsed, &k.key).is_ok() {
+                        ok = true;
+                        break;
+                    }
+                }
+                if !ok {
+                    return Err(fail(if mismatch && !keys.is_empty() {
+                        TokenRejection::AlgorithmKeyMismatch
+                    } else {
+                        TokenRejection::BadSignature
+                    }));
+                }
+            }
+        }
+        let claims = Arc::new(parsed.claims);
+        let identity = self.finish(policy, issuer, Arc::clone(&claims), now)?;
+        if let Some(Ok(exp)) = numeric_date(&claims, "exp") {
+            let left = exp.saturating_add(issuer.leeway as i64).saturating_sub(now);
+            if let Some(cache) = self.inner.verified.as_ref().filter(|_| left > 0) {
+                cache.insert(
+                    digest,
+                    Arc::new(Verified {
+                        fingerprint: issuer.fingerprint,
+                        kid: parsed.kid,
+                        claims,
+                        ttl: Duration::from_secs(left as u64).min(VERIFIED_MAX_TTL),
+                    }),
+                );
+            }
+        }
+        Ok(identity)
+    }
+
+    /// Claim checks that depend on time and on the service (audience), then the identity.
+    fn finish(
+        &self,
+        policy: &ServicePolicy,
+        issuer: &Issuer,
+        claims: Arc<Map<String, Value>>,
+        now: i64,
+    ) -> Result<Identity, AuthError> {
+        let audiences = policy.audiences.as_deref().unwrap_or(&issuer.audiences);
+        jwt::check_claims(&claims, audiences, now, issuer.leeway as i64)
+            .map_err(|reason| invalid(Some(issuer.url.clone()), reason))?;
+        Ok(Identity::from_claims(
+            claims,
+            issuer,
+            policy.groups_claim.as_ref(),
+        ))
+    }
+
+    /// Whether a cached verification may be reused: for a JWKS issuer its key must still be in the current set
+    /// (a key dropped by the issuer stops being accepted at once).
+    async fn key_still_published(&self, issuer: &Issuer, kid: Option<&str>) -> bool {
+        match &issuer.kind {
+            IssuerKind::Hmac(_) => true,
+            IssuerKind::Jwks(_) => {
+                let Some(snap) = self.inner.keys.get(&issuer.cache_key()).await else {
+                    return false;
+                };
+                self.now() < snap.usable_until && snap.keys.as_ref().is_some_and(|k| k.has_kid(kid))
+            }
+        }
+    }
+
+    /// Keys for `kid`, fetching per the cache rules: cold fetch; refresh when stale (serving the last good keys
+    /// while the issuer is down, up to `max_stale`); background refresh near expiry; one refetch per cooldown
+    /// for an unknown `kid`.
+    async fn public_keys(
+        &self,
+        auth: &AuthSettings,
+        issuer: &Arc<Issuer>,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Vec<Arc<PublicKey>>, AuthError> {
+        let t = &auth.jwks;
+        let key = issuer.cache_key();
+        let now = self.now();
+        let mut snap = self.inner.keys.get(&key).await;
+        let needs_fetch = match &snap {
+            None => true,
+            Some(s) => s.keys.is_none() || now >= s.fresh_until,
+        };
+        let mut last_error = None;
+        if needs_fetch {
+            let seen = snap.as_ref().map(|s| s.generation);
+            let retry_ok = snap.as_ref().is_none_or(|s| {
+                !s.last_failed
+                    || now
+                        >= s.last_attempt
+                            + FAILURE_BACKOFF_SECS.min(t.unknown_kid_cooldown.as_secs())
+            });
+            if retry_ok {
+                let (s, err) = self.refresh(issuer, t, seen).await;
+                snap = s;
+                last_error = err;
+            }
+        } else if let Some(s) = &snap {
+            if now >= s.refresh_at && !s.refreshing.swap(true, Ordering::AcqRel) {
+                let this = self.clone();
+                let issuer = Arc::clone(issuer);
+                let tuning = t.clone();
+                let seen = s.generation;
+                tokio::spawn(async move {
+                    let _ = this.refresh(&issuer, &tuning, Some(seen)).await;
+                });
+            }
+        }
+        let unavailable = |source| AuthError::IssuerUnavailable {
+            issuer: issuer.url.clone(),
+            source,
+        };
+        let Some(s) = snap.filter(|s| s.keys.is_some() && now < s.usable_until) else {
+            return Err(unavailable(last_error.unwrap_or(FetchError::BackingOff)));
+        };
+        let mut set = s.keys.clone().unwrap_or_default();
+        if !set.has_kid(kid) && now >= s.last_attempt + t.unknown_kid_cooldown.as_secs() {
+            tracing::debug!(auth.issuer = %issuer.url, auth.kid = kid.unwrap_or(""), "unknown key id, refetching keys");
+            let (fresh, _) = self.refresh(issuer, t, Some(s.generation)).await;
+            if let Some(k) = fresh.and_then(|f| f.keys.clone()) {
+                set = k;
+            }
+        }
+        let found = set.candidates(kid, alg);
+        if found.is_empty() {
+            tracing::debug!(auth.issuer = %issuer.url, auth.kid = kid.unwrap_or(""), "unknown key id for issuer");
+            return Err(invalid(
+                Some(issuer.url.clone()),
+                TokenRejection::UnknownKey,
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Fetches the keys unless another caller did since `seen` (calls on one issuer run one at a time, so
+    /// concurrent misses share one fetch). Returns the snapshot now cached and this call's fetch error, if any.
+    async fn refresh(
+        &self,
+        issuer: &Issuer,
+        t: &JwksTuning,
+        seen: Option<u64>,
+    ) -> (Option<Arc<KeySnapshot>>, Option<FetchError>) {
+        let IssuerKind::Jwks(source) = &issuer.kind else {
+            return (None, None);
+        };
+        let client = issuer.client.as_ref().unwrap_or(&self.inner.client);
+        let mut error = None;
+        let err_slot = &mut error;
+        let result = self
+            .inner
+            .keys
+            .entry(issuer.cache_key())
+            .and_compute_with(|current| async move {
+                let current = current.map(|e| e.into_value());
+                if current.as_ref().map(|c| c.generation) != seen {
+                    return Op::Nop;
+                }
+                let now = self.now();
+                let known = current.as_ref().and_then(|c| c.jwks_uri.as_ref());
+                match fetch_keys(client, issuer, source, known, t).await {
+                    Ok(f) => {
+                        let ttl = f.ttl.as_secs();
+                        tracing::debug!(auth.issuer = %issuer.url, auth.keys = f.keys.len(), auth.ttl_secs = ttl, "fetched issuer keys");
+                        Op::Put(Arc::new(KeySnapshot {
+                            keys: Some(Arc::new(f.keys)),
+                            generation: seen.map_or(1, |g| g + 1),
+                            fresh_until: now + ttl,
+                            refresh_at: now + ttl * 3 / 4,
+                            usable_until: now + ttl + t.max_stale.as_secs(),
+                            last_attempt: now,
+                            last_failed: false,
+                            jwks_uri: Some(f.jwks_uri),
+                            refreshing: false.into(),
+                        }))
+                    }
+                    Err(e) => {
+                        tracing::warn!(auth.issuer = %issuer.url, error = %e, "fetching issuer keys failed");
+                        *err_slot = Some(e);
+                        let (keys, fresh_until, refresh_at, usable_until) = match &current {
+                            Some(c) => (c.keys.clone(), c.fresh_until, c.refresh_at, c.usable_until),
+                            None => (None, 0, 0, 0),
+                        };
+                        Op::Put(Arc::new(KeySnapshot {
+                            keys,
+                            generation: seen.map_or(1, |g| g + 1),
+                            fresh_until,
+                            refresh_at,
+                            usable_until,
+                            last_attempt: now,
+                            last_failed: true,
+                            // Rediscover next time: the failure may be a moved key set.
+                            jwks_uri: None,
+                            refreshing: false.into(),
+                        }))
+                    }
+                }
+            })
+            .await;
+        (result.into_entry().map(|e| e.into_value()), error)
+    }
+
+    /// RFC 7662 introspection of an opaque token at each trusted issuer that has an endpoint.
+    async fn introspect(
+        &self,
+        auth: &AuthSettings,
+        policy: &ServicePolicy,
+        token: &str,
+    ) -> Result<Identity, AuthError> {
+        let mut tried = false;
+        for issuer in policy.trusted(auth) {
+            let Some(cfg) = &issuer.introspection else {
+                continue;
+            };
+            tried = true;
+            let mut h = Sha256::new();
+            h.update(issuer.fingerprint);
+            h.update(token.as_bytes());
+            let digest: [u8; 32] = h.finalize().into();
+            let answer = self
+                .inner
+                .introspected
+                .try_get_with(digest, async {
+                    let client = issuer.client.as_ref().unwrap_or(&self.inner.client);
+                    let mut form =
+                        format!("token={}&token_type_hint=access_token", form_encode(token));
+                    let mut req = Request::post(cfg.endpoint.clone())
+                        .header(
+                            http::header::CONTENT_TYPE,
+                            "application/x-www-form-urlencoded",
+                        )
+                        .header(http::header::ACCEPT, "application/json");
+                    match cfg.method {
+                        ClientAuthMethod::Basic => {
+                            // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
+                            let cred = format!(
+                                "{}:{}",
+                                form_encode(&cfg.client_id),
+                                form_encode(cfg.secret.expose())
+                            );
+                            req = req
+                                .header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(cred)));
+                        }
+                        ClientAuthMethod::Post => {
+                            form.push_str(&format!(
+                                "&client_id={}&client_secret={}",
+                                form_encode(&cfg.client_id),
+                                form_encode(cfg.secret.expose())
+                            ));
+                        }
+                    }
+                    let req = req
+                        .body(Full::new(Bytes::from(form)))
+                        .map_err(FetchError::BadRequest)?;
+                    let (body, _) = client
+                        .fetch(req, auth.jwks.fetch_timeout, auth.jwks.max_bytes)
+                        .await?;
+                    let claims: Map<String, Value> =
+                        serde_json::from_slice(&body).map_err(FetchError::Json)?;
+                    let active = claims.get("active").and_then(Value::as_bool) == Some(true);
+                    let now = self.now() as i64;
+                    let bound = cfg.cache_bound.as_secs() as i64;
+                    let ttl = match numeric_date(&claims, "exp") {
+                        Some(Ok(exp)) if active => (exp - now).clamp(0, bound),
+                        Some(_) | None => bound,
+                    };
+                    Ok::<_, FetchError>(Arc::new(Introspected {
+                        active,
+                        claims: Arc::new(claims),
+                        ttl: Duration::from_secs(ttl as u64),
+                    }))
+                })
+                .await
+                .map_err(|e| AuthError::IssuerUnavailable {
+                    issuer: issuer.url.clone(),
+                    source: FetchError::Shared(e),
+                })?;
+            if !answer.active {
+                continue;
+            }
+            let fail = |reason| invalid(Some(issuer.url.clone()), reason);
+            let claims = &answer.claims;
+            if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
+                if iss != issuer.url {
+                    return Err(fail(TokenRejection::UntrustedIssuer));
+                }
+            }
+            let now = self.now() as i64;
+            if let Some(Ok(exp)) = numeric_date(claims, "exp") {
+                if now > exp.saturating_add(issuer.leeway as i64) {
+                    return Err(fail(TokenRejection::Expired));
+                }
+            }
+            let audiences = policy.audiences.as_deref().unwrap_or(&issuer.audiences);
+            jwt::check_audience(claims, audiences).map_err(fail)?;
+            return Ok(Identity::from_claims(
+                Arc::clone(claims),
+                issuer,
+                policy.groups_claim.as_ref(),
+            ));
+        }
+        Err(invalid(
+            None,
+            if tried {
+                TokenRejection::Inactive
+            } else {
+                TokenRejection::NotIntrospectable
+            },
+        ))
+    }
+
+    /// Installs a JWKS document for an issuer as if it had just been fetched (TTL: the configured default), for
+    /// offline setups and benchmarks.
+    ///
+    /// # Errors
+    /// The document does not parse or has no usable key; the issuer is unknown or a shared-secret one.
+    pub async fn seed_keys(
+        &self,
+        auth: &AuthSettings,
+        issuer: &str,
+        jwks: &[u8],
+    ) -> Result<(), FetchError> {
+        let Some(iss) = auth.find(issuer).filter(|i| !i.is_shared_secret()) else {
+            return Err(FetchError::NoUsableKey);
+        };
+        let keys = super::jwks::parse_jwks(jwks)?;
+        let now = self.now();
+        let ttl = auth.jwks.default_ttl.as_secs();
+        self.inner
+            .keys
+            .insert(
+                iss.cache_key(),
+                Arc::new(KeySnapshot {
+                    keys: Some(Arc::new(keys)),
+                    generation: 1,
+                    fresh_until: now + ttl,
+                    refresh_at: now + ttl,
+                    usable_until: now + ttl + auth.jwks.max_stale.as_secs(),
+                    last_attempt: now,
+                    last_failed: false,
+                    jwks_uri: None,
+                    refreshing: false.into(),
+                }),
+            )
+            .await;
+        Ok(())
+    }
+}
+
+fn invalid(issuer: Option<String>, reason: TokenRejection) -> AuthError {
+    AuthError::InvalidToken { issuer, reason }
+}
+
+/// The Bearer token of `Authorization` (RFC 6750 §2.1); other schemes count as no credentials.
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthError::NoCredentials);
+    };
+    if values.next().is_some() {
+        return Err(invalid(None, TokenRejection::Malformed));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| invalid(None, TokenRejection::Malformed))?;
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return Err(AuthError::NoCredentials);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NoCredentials);
+    }
+    let token = rest.trim_start_matches(' ');
+    let body = token.trim_end_matches('=');
+    let ok = !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
+    if ok {
+        Ok(token)
+    } else {
+        Err(invalid(None, TokenRejection::Malformed))
+    }
+}

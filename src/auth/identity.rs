@@ -1,0 +1,310 @@
+//! Who the request is from ([`Identity`]), the proof that it was admitted ([`Permit`]), and the identity
+//! headers sent to the backend.
+//!
+//! Client-sent copies of every header Portcullis may set are removed on every service, bypass ones included,
+//! so a backend can trust them. Header values never carry the token itself.
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION};
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use super::claims::{claim_text, groups_of, ClaimPath};
+use super::policy::ServicePolicy;
+use super::settings::Issuer;
+use crate::config::file::{FileIdentityHeaders, FileOneOrMany};
+use crate::config::Problems;
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// `sub`.
+    pub subject: String,
+    /// The user name: the issuer's `username_claim`, else `preferred_username`, else `sub`.
+    pub user: String,
+    /// `email`.
+    pub email: Option<String>,
+    /// `email_verified`, when the issuer says.
+    pub email_verified: Option<bool>,
+    /// `name`.
+    pub name: Option<String>,
+    /// Groups from the groups claim.
+    pub groups: Vec<String>,
+    /// The issuer's `iss`.
+    pub issuer: String,
+    /// Every claim of the token (or introspection answer).
+    pub claims: Arc<Map<String, Value>>,
+}
+
+impl Identity {
+    /// Builds the identity from verified claims; `groups_claim` is the service's override, if any.
+    pub(crate) fn from_claims(
+        claims: Arc<Map<String, Value>>,
+        issuer: &Issuer,
+        groups_claim: Option<&ClaimPath>,
+    ) -> Self {
+        let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let subject = s("sub").unwrap_or_default();
+        let user = issuer
+            .username_claim
+            .as_ref()
+            .and_then(|p| p.lookup(&claims))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| s("preferred_username"))
+            .or_else(|| s("username"))
+            .unwrap_or_else(|| subject.clone());
+        let groups = groups_of(groups_claim.unwrap_or(&issuer.groups_claim).lookup(&claims));
+        Identity {
+            user,
+            email: s("email"),
+            email_verified: claims.get("email_verified").and_then(Value::as_bool),
+            name: s("name"),
+            groups,
+            issuer: issuer.url.clone(),
+            subject,
+            claims,
+        }
+    }
+}
+
+/// The result of an allow decision; only the auth module can make one.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    identity: Option<Arc<Identity>>,
+}
+
+impl Permit {
+    pub(crate) fn anonymous() -> Self {
+        Self { identity: None }
+    }
+
+    pub(crate) fn authenticated(identity: Identity) -> Self {
+        Self {
+            identity: Some(Arc::new(identity)),
+        }
+    }
+
+    /// The user, or `None` when admitted anonymously (bypass service, bypass rule or CORS preflight).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
+    }
+}
+
+/// The identity header names and formatting of a service.
+#[derive(Debug, Clone)]
+pub(crate) struct IdentityHeaders {
+    user: Vec<HeaderName>,
+    email: Vec<HeaderName>,
+    groups: Vec<HeaderName>,
+    name: Vec<HeaderName>,
+    separator: String,
+    claims: Vec<(HeaderName, ClaimPath)>,
+}
+
+/// Every header a client must never be able to set itself: the default family and the conventions of the
+/// other auth proxies (see forward-auth reference, §1), whatever the service maps.
+const RESERVED: [&str; 17] = [
+    "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+    "remote-sub",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "x-auth-request-redirect",
+    "x-authenticated-user",
+];
+
+/// Headers that cannot carry identity: hop-by-hop ones (RFC 9110 §7.6.1) would be dropped by the next hop,
+/// and the others have framing or routing meaning.
+const FORBIDDEN: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-type",
+    "authorization",
+    "cookie",
+];
+
+pub(crate) fn build_identity_headers(
+    base: &str,
+    f: Option<&FileIdentityHeaders>,
+    problems: &mut Problems,
+) -> IdentityHeaders {
+    let mut names =
+        |key: &str, v: Option<&FileOneOrMany>, default: &'static str| -> Vec<HeaderName> {
+            let list: Vec<String> = match v {
+                None => return vec![HeaderName::from_static(default)],
+                Some(FileOneOrMany::One(s)) => vec![s.clone()],
+                Some(FileOneOrMany::Many(m)) => m.clone(),
+            };
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, s)| header_name(&format!("{base}.{key}.{i}"), s, problems))
+                .collect()
+        };
+    let user = names("user", f.and_then(|f| f.user.as_ref()), "remote-user");
+    let email = names("email", f.and_then(|f| f.email.as_ref()), "remote-email");
+    let groups = names("groups", f.and_then(|f| f.groups.as_ref()), "remote-groups");
+    let name = names("name", f.and_then(|f| f.name.as_ref()), "remote-name");
+    let separator = match f.and_then(|f| f.group_separator.as_deref()) {
+        None => ",".to_owned(),
+        Some(s)
+            if !s.is_empty() && HeaderValue::from_str(s).is_ok() && s.trim() == s.trim_end() =>
+        {
+            s.to_owned()
+        }
+        Some(s) => {
+            problems.invalid(
+                format!("{base}.group_separator"),
+                s,
+                "must be non-empty visible characters, e.g. \",\" or \"|\"",
+            );
+            ",".to_owned()
+        }
+    };
+    let claims = f
+        .and_then(|f| f.claims.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(h, c)| {
+            let name = header_name(&format!("{base}.claims"), h, problems)?;
+            match ClaimPath::parse(c) {
+                Ok(p) => Some((name, p)),
+                Err(reason) => {
+                    problems.invalid(format!("{base}.claims.{h}"), c, reason);
+                    None
+                }
+            }
+        })
+        .collect();
+    IdentityHeaders {
+        user,
+        email,
+        groups,
+        name,
+        separator,
+        claims,
+    }
+}
+
+fn header_name(path: &str, s: &str, problems: &mut Problems) -> Option<HeaderName> {
+    match HeaderName::from_bytes(s.as_bytes()) {
+        Ok(n) if FORBIDDEN.contains(&n.as_str()) => {
+            problems.invalid(
+                path,
+                s,
+                "this header cannot carry identity (hop-by-hop or framing)",
+            );
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.invalid(path, s, "not a valid header name");
+            None
+        }
+    }
+}
+
+impl IdentityHeaders {
+    fn all_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.user
+            .iter()
+            .chain(&self.email)
+            .chain(&self.groups)
+            .chain(&self.name)
+            .chain(self.claims.iter().map(|(n, _)| n))
+    }
+}
+
+/// Strips every header Portcullis may set (this policy's mapping and the default `Remote-*`,
+/// `X-Forwarded-User`, `X-Auth-Request-*` family) and, unless `pass_authorization`, the client's
+/// `Authorization`; then sets the identity headers of `permit`.
+///
+/// Header names are case-insensitive in `HeaderMap`, so every spelling a client used is removed. Tokens in a
+/// remaining `Connection` header naming any of these headers are dropped too, so nothing set here can be
+/// removed by a later hop-by-hop pass.
+pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut HeaderMap) {
+    let h = &policy.headers;
+    for name in RESERVED {
+        headers.remove(name);
+    }
+    for name in h.all_names() {
+        headers.remove(name);
+    }
+    if !policy.pass_authorization {
+        headers.remove(AUTHORIZATION);
+    }
+    if headers.contains_key(CONNECTION) {
+        let keep: Vec<String> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| {
+                let ours = RESERVED.contains(&t.as_str())
+                    || h.all_names().any(|n| n.as_str() == t)
+                    || (t == "authorization" && policy.pass_authorization);
+                !(t.is_empty() || ours)
+            })
+            .collect();
+        headers.remove(CONNECTION);
+        if !keep.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&keep.join(", ")) {
+                headers.insert(CONNECTION, v);
+            }
+        }
+    }
+    let Some(id) = permit.identity() else { return };
+    let mut set = |names: &[HeaderName], value: Option<&str>| {
+        let Some(value) = value else { return };
+        // Claim text comes from the issuer; a value with control characters is not sent rather than mangled.
+        let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) else {
+            tracing::debug!(header = %names.first().map(HeaderName::as_str).unwrap_or(""), "identity value not representable as a header");
+            return;
+        };
+        for n in names {
+            headers.insert(n.clone(), v.clone());
+        }
+    };
+    set(&h.user, Some(&id.user));
+    set(&h.email, id.email.as_deref());
+    set(&h.name, id.name.as_deref());
+    // A group containing the separator would read as two groups; leave it out rather than let it forge one.
+    let groups: Vec<&str> = id
+        .groups
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !g.contains(h.separator.as_str()))
+        .collect();
+    if !groups.is_empty() {
+        set(&h.groups, Some(&groups.join(&h.separator)));
+    }
+    for (name, path) in &h.claims {
+        if let Some(text) = path
+            .lookup(&id.claims)
+            .and_then(|v| claim_text(v, &h.separator))
+        {
+            set(std::slice::from_ref(name), Some(&text));
+        }
+    }
+}
