@@ -18,7 +18,13 @@ fn check_prints_the_routing_table_and_exits_zero() {
     std::fs::create_dir(&certs).expect("mkdir");
     let ca = DevCa::generate("cli test ca").expect("ca");
     let (chain, key) = ca
-        .issue(&["*.example.test".to_owned(), "*.grafana2.example.test".to_owned()], Duration::from_secs(3600))
+        .issue(
+            &[
+                "*.example.test".to_owned(),
+                "*.grafana2.example.test".to_owned(),
+            ],
+            Duration::from_secs(3600),
+        )
         .expect("issue");
     std::fs::write(certs.join("wild.pem"), chain).expect("write");
     std::fs::write(certs.join("wild.key"), key).expect("write");
@@ -40,7 +46,10 @@ fn check_prints_the_routing_table_and_exits_zero() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let header = stdout.lines().find(|l| l.starts_with("HOST")).expect("table header");
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("HOST"))
+        .expect("table header");
     let columns: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(columns, ["HOST", "SERVICE", "UPSTREAM", "POLICY"]);
     let row = |host: &str| {
@@ -52,9 +61,20 @@ fn check_prints_the_routing_table_and_exits_zero() {
             .collect::<Vec<_>>()
     };
     let media = row("media.example.test");
-    assert_eq!(&media[..4], ["media.example.test", "media", "http://127.0.0.1:16366", "bypass"]);
+    assert_eq!(
+        &media[..4],
+        [
+            "media.example.test",
+            "media",
+            "http://127.0.0.1:16366",
+            "bypass"
+        ]
+    );
     let grafana = row("grafana.example.test");
-    assert_eq!(&grafana[..3], ["grafana.example.test", "grafana", "http://127.0.0.1:3000"]);
+    assert_eq!(
+        &grafana[..3],
+        ["grafana.example.test", "grafana", "http://127.0.0.1:3000"]
+    );
     assert!(grafana[3..].join(" ").starts_with("auth"), "{grafana:?}");
     row("*.grafana2.example.test");
 }

@@ -39,7 +39,11 @@ impl Case {
     }
 
     /// Writes `text` (with `{certs}` replaced) and loads it with `env`.
-    fn load_env(&self, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Snapshot, ConfigError> {
+    fn load_env(
+        &self,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Snapshot, ConfigError> {
         let text = text.replace("{certs}", &self.certs().display().to_string());
         std::fs::write(self.path(), text).expect("write config");
         load_with(&self.path(), env, Mode::Check)
@@ -71,7 +75,10 @@ fn problem<'a>(err: &'a ConfigError, path: &str, needle: &str) -> &'a Problem {
         .iter()
         .find(|p| p.path == path)
         .unwrap_or_else(|| panic!("no problem at {path}; got:\n{err}"));
-    assert!(p.to_string().contains(needle), "problem at {path} is {p}, expected it to mention {needle:?}");
+    assert!(
+        p.to_string().contains(needle),
+        "problem at {path} is {p}, expected it to mention {needle:?}"
+    );
     p
 }
 
@@ -92,7 +99,9 @@ fn missing_upstream() {
 
 #[test]
 fn bad_upstream_scheme() {
-    let err = Case::new().errors(&with_services("[services.web]\nupstream = \"ftp://127.0.0.1:21\"\n"));
+    let err = Case::new().errors(&with_services(
+        "[services.web]\nupstream = \"ftp://127.0.0.1:21\"\n",
+    ));
     let p = problem(&err, "services.web.upstream", "scheme");
     assert_eq!(p.line, Some(11));
 }
@@ -105,15 +114,21 @@ fn upstream_that_is_not_a_url() {
 
 #[test]
 fn upstream_with_a_path() {
-    let err = Case::new().errors(&with_services("[services.web]\nupstream = \"http://127.0.0.1:8080/api\"\n"));
+    let err = Case::new().errors(&with_services(
+        "[services.web]\nupstream = \"http://127.0.0.1:8080/api\"\n",
+    ));
     problem(&err, "services.web.upstream", "without a path");
-    let err = Case::new().errors(&with_services("[services.web]\nupstream = \"http://127.0.0.1:8080/?a=b\"\n"));
+    let err = Case::new().errors(&with_services(
+        "[services.web]\nupstream = \"http://127.0.0.1:8080/?a=b\"\n",
+    ));
     problem(&err, "services.web.upstream", "without a path");
 }
 
 #[test]
 fn upstream_with_credentials() {
-    let err = Case::new().errors(&with_services("[services.web]\nupstream = \"http://u:p@127.0.0.1:8080\"\n"));
+    let err = Case::new().errors(&with_services(
+        "[services.web]\nupstream = \"http://u:p@127.0.0.1:8080\"\n",
+    ));
     problem(&err, "services.web.upstream", "credentials");
 }
 
@@ -127,8 +142,15 @@ fn upstream_ca_file_with_a_plain_http_upstream() {
 
 #[test]
 fn bad_host_pattern() {
-    for bad in ["a.*.example.test", "https://web.example.test", "web.example.test:443", "bad host"] {
-        let err = Case::new().errors(&with_services(&format!("{WEB}hosts = [\"ok.example.test\", {bad:?}]\n")));
+    for bad in [
+        "a.*.example.test",
+        "https://web.example.test",
+        "web.example.test:443",
+        "bad host",
+    ] {
+        let err = Case::new().errors(&with_services(&format!(
+            "{WEB}hosts = [\"ok.example.test\", {bad:?}]\n"
+        )));
         problem(&err, "services.web.hosts.1", "host name");
     }
 }
@@ -148,7 +170,8 @@ fn hosts_required_without_a_domain() {
 
 #[test]
 fn bad_domain() {
-    let text = with_services(WEB).replace("domain = \"example.test\"", "domain = \"*.example.test\"");
+    let text =
+        with_services(WEB).replace("domain = \"example.test\"", "domain = \"*.example.test\"");
     let err = Case::new().errors(&text);
     problem(&err, "domain", "DNS name");
 }
@@ -184,7 +207,10 @@ fn missing_server_https() {
 
 #[test]
 fn bad_listener_address() {
-    let text = with_services(WEB).replace("https = \"127.0.0.1:0\"", "https = \"localhost:443\"\nadmin = \"127.0.0.1\"");
+    let text = with_services(WEB).replace(
+        "https = \"127.0.0.1:0\"",
+        "https = \"localhost:443\"\nadmin = \"127.0.0.1\"",
+    );
     let err = Case::new().errors(&text);
     problem(&err, "server.https", "ip:port");
     problem(&err, "server.admin", "ip:port");
@@ -192,7 +218,10 @@ fn bad_listener_address() {
 
 #[test]
 fn two_listeners_on_one_address() {
-    let text = with_services(WEB).replace("https = \"127.0.0.1:0\"", "https = \"127.0.0.1:8443\"\nadmin = \"127.0.0.1:8443\"");
+    let text = with_services(WEB).replace(
+        "https = \"127.0.0.1:0\"",
+        "https = \"127.0.0.1:8443\"\nadmin = \"127.0.0.1:8443\"",
+    );
     let err = Case::new().errors(&text);
     problem(&err, "server.admin", "used by another listener");
 }
@@ -231,30 +260,47 @@ fn zero_timeouts() {
 
 #[test]
 fn unknown_key_with_suggestion_and_line() {
-    let text = with_services("[services.web]\nupstrem = \"http://127.0.0.1:8080\"\nbypass_auth = true\n")
-        .replace("https = \"127.0.0.1:0\"", "https = \"127.0.0.1:0\"\ntrusted_proxy = []");
+    let text =
+        with_services("[services.web]\nupstrem = \"http://127.0.0.1:8080\"\nbypass_auth = true\n")
+            .replace(
+                "https = \"127.0.0.1:0\"",
+                "https = \"127.0.0.1:0\"\ntrusted_proxy = []",
+            );
     let err = Case::new().errors(&text);
     let p = problem(&err, "services.web.upstrem", "did you mean `upstream`?");
-    assert!(matches!(&p.kind, ProblemKind::UnknownKey { suggestion: Some(s), .. } if s == "upstream"));
+    assert!(
+        matches!(&p.kind, ProblemKind::UnknownKey { suggestion: Some(s), .. } if s == "upstream")
+    );
     assert_eq!(p.line, Some(12));
-    let p = problem(&err, "server.trusted_proxy", "did you mean `trusted_proxies`?");
+    let p = problem(
+        &err,
+        "server.trusted_proxy",
+        "did you mean `trusted_proxies`?",
+    );
     assert_eq!(p.line, Some(5));
     let err = Case::new().errors(&format!("{}\n[bogus]\nx = 1\n", with_services(WEB)));
     let p = problem(&err, "bogus", "unknown key `bogus`");
-    assert!(!p.to_string().contains("did you mean"), "nothing is close to `bogus`: {p}");
+    assert!(
+        !p.to_string().contains("did you mean"),
+        "nothing is close to `bogus`: {p}"
+    );
 }
 
 #[test]
 fn bypass_auth_nix_spelling_is_accepted() {
     let snap = Case::new()
-        .load(&with_services("[services.web]\nupstream = \"http://127.0.0.1:8080\"\nbypassAuth = true\n"))
+        .load(&with_services(
+            "[services.web]\nupstream = \"http://127.0.0.1:8080\"\nbypassAuth = true\n",
+        ))
         .expect("valid");
     assert!(snap.routes[0].policy.is_bypass());
 }
 
 #[test]
 fn wrong_type() {
-    let err = Case::new().errors(&with_services("[services.web]\nupstream = \"http://127.0.0.1:8080\"\nbypass_auth = \"yes\"\n"));
+    let err = Case::new().errors(&with_services(
+        "[services.web]\nupstream = \"http://127.0.0.1:8080\"\nbypass_auth = \"yes\"\n",
+    ));
     problem(&err, "services.web.bypass_auth", "");
 }
 
@@ -276,7 +322,9 @@ fn unset_variable() {
 
 #[test]
 fn variable_default_is_used_and_the_environment_wins() {
-    let text = with_services("[services.web]\nupstream = \"http://127.0.0.1:${WEB_PORT:-9999}\"\nbypass_auth = true\n");
+    let text = with_services(
+        "[services.web]\nupstream = \"http://127.0.0.1:${WEB_PORT:-9999}\"\nbypass_auth = true\n",
+    );
     let case = Case::new();
     let snap = case.load(&text).expect("default applies");
     assert_eq!(snap.routes[0].upstream.to_string(), "http://127.0.0.1:9999");
@@ -288,7 +336,9 @@ fn variable_default_is_used_and_the_environment_wins() {
 
 #[test]
 fn bad_variable_reference() {
-    let err = Case::new().errors(&with_services("[services.web]\nupstream = \"http://${1BAD}\"\n"));
+    let err = Case::new().errors(&with_services(
+        "[services.web]\nupstream = \"http://${1BAD}\"\n",
+    ));
     problem(&err, "services.web.upstream", "bad `${...}` reference");
 }
 
@@ -337,7 +387,12 @@ fn host_not_covered_by_any_certificate() {
     let covered: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
     assert_eq!(err.problems.len(), 2, "{covered:#?}");
     problem(&err, "services.apps.hosts", "covers *.other.example.test");
-    assert!(covered.iter().any(|p| p.contains("covers a.b.apps.example.test")), "{covered:#?}");
+    assert!(
+        covered
+            .iter()
+            .any(|p| p.contains("covers a.b.apps.example.test")),
+        "{covered:#?}"
+    );
     // With the certificate covering everything the file is valid.
     case.load(&strict_tls(WEB)).expect("covered");
 }
@@ -347,7 +402,11 @@ fn several_problems_are_reported_at_once_with_file_and_lines() {
     let case = Case::new();
     let text = "domain = \"example.test\"\n\n[server]\nhttps = \"127.0.0.1:0\"\ntrusted_proxies = [\"nope\"]\n\n[tls]\ncerts_dir = \"{certs}\"\nself_signed = true\n\n[services.a]\nupstream = \"ftp://x\"\n\n[services.b]\nupstrem = \"http://127.0.0.1:1\"\n";
     let err = case.errors(text);
-    let lines: Vec<(String, Option<usize>)> = err.problems.iter().map(|p| (p.path.clone(), p.line)).collect();
+    let lines: Vec<(String, Option<usize>)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.line))
+        .collect();
     for expected in [
         ("server.trusted_proxies.0", Some(5)),
         ("services.a.upstream", Some(12)),
@@ -355,20 +414,38 @@ fn several_problems_are_reported_at_once_with_file_and_lines() {
         ("services.b.upstream", Some(14)),
     ] {
         assert!(
-            lines.iter().any(|(p, l)| p == expected.0 && *l == expected.1),
+            lines
+                .iter()
+                .any(|(p, l)| p == expected.0 && *l == expected.1),
             "missing {expected:?} in {lines:?}"
         );
     }
     let shown = err.to_string();
     let file = case.path().display().to_string();
-    assert!(shown.contains(&format!("{file}:line 5: server.trusted_proxies.0")), "{shown}");
-    assert!(shown.contains(&format!("{file}:line 12: services.a.upstream")), "{shown}");
-    assert!(shown.contains(&format!("{} problem(s)", err.problems.len())), "{shown}");
+    assert!(
+        shown.contains(&format!("{file}:line 5: server.trusted_proxies.0")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("{file}:line 12: services.a.upstream")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("{} problem(s)", err.problems.len())),
+        "{shown}"
+    );
 }
 
 #[test]
 fn missing_file_names_it() {
-    let err = load_with(Path::new("/nonexistent/portcullis.toml"), &|_| None, Mode::Check)
-        .expect_err("no file");
-    assert!(err.to_string().contains("/nonexistent/portcullis.toml"), "{err}");
+    let err = load_with(
+        Path::new("/nonexistent/portcullis.toml"),
+        &|_| None,
+        Mode::Check,
+    )
+    .expect_err("no file");
+    assert!(
+        err.to_string().contains("/nonexistent/portcullis.toml"),
+        "{err}"
+    );
 }

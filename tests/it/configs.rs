@@ -21,5 +21,9 @@ fn every_file_in_config_dir_is_valid() {
             failures.push(e.to_string());
         }
     }
-    assert!(failures.is_empty(), "invalid reference configs:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "invalid reference configs:\n{}",
+        failures.join("\n")
+    );
 }

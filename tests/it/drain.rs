@@ -10,7 +10,10 @@ use crate::harness::{wait_until, Echo, TestGateway};
 async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() -> Result<()> {
     let echo = Echo::start().await?;
     let mut gw = TestGateway::new()
-        .service("slow", &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()))
+        .service(
+            "slow",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()),
+        )
         .spawn()
         .await?;
     let client = gw.client.clone();
@@ -29,9 +32,18 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() -> Res
         tokio::net::TcpStream::connect(https).await.is_err()
     })
     .await;
-    assert!(refused, "new connections are still accepted after shutdown began");
-    assert!(!in_flight.is_finished(), "the slow request was not in flight while draining");
-    assert!(!gw.shared.is_ready(), "/readyz must stop answering ready once draining");
+    assert!(
+        refused,
+        "new connections are still accepted after shutdown began"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request was not in flight while draining"
+    );
+    assert!(
+        !gw.shared.is_ready(),
+        "/readyz must stop answering ready once draining"
+    );
     let (status, body) = in_flight.await??;
     assert_eq!(status, 200);
     assert_eq!(body, "delayed");
@@ -44,7 +56,10 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() -> Res
 async fn idle_gateway_shuts_down_drained() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("a", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "a",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
     // A kept-alive idle connection must not hold the drain up.
@@ -52,6 +67,9 @@ async fn idle_gateway_shuts_down_drained() -> Result<()> {
     let started = std::time::Instant::now();
     let report = gw.shutdown().await?;
     assert!(report.drained);
-    assert!(started.elapsed() < Duration::from_secs(4), "drain waited for an idle connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "drain waited for an idle connection"
+    );
     Ok(())
 }

@@ -325,7 +325,12 @@ impl TestGateway {
 }
 
 /// Issues a certificate for `names` and writes `NAME.pem` (chain) and `NAME.key`.
-pub(crate) fn write_certificate(ca: &DevCa, dir: &Path, file: &str, names: &[String]) -> Result<()> {
+pub(crate) fn write_certificate(
+    ca: &DevCa,
+    dir: &Path,
+    file: &str,
+    names: &[String],
+) -> Result<()> {
     let (chain, key) = ca.issue(names, Duration::from_secs(24 * 3600))?;
     std::fs::write(dir.join(format!("{file}.pem")), chain)?;
     std::fs::write(dir.join(format!("{file}.key")), key)?;
@@ -572,7 +577,8 @@ async fn read_response<S: tokio::io::AsyncRead + Unpin>(
                 .position(|w| w == b"\r\n")
                 .context("bad chunk")?
                 + pos;
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[pos..line_end])?.trim(), 16)?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[pos..line_end])?.trim(), 16)?;
             if size == 0 {
                 break;
             }

@@ -3,12 +3,15 @@
 
 use anyhow::Result;
 
-use crate::harness::{EchoReport, Echo, Gateway, TestGateway};
+use crate::harness::{Echo, EchoReport, Gateway, TestGateway};
 
 async fn gateway(echo: &Echo, server: &str, extra: &str) -> Result<Gateway> {
     TestGateway::new()
         .server(server)
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true\n{extra}", echo.url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true\n{extra}", echo.url()),
+        )
         .spawn()
         .await
 }
@@ -52,7 +55,12 @@ async fn hop_by_hop_and_connection_listed_headers_never_reach_the_upstream() -> 
         "proxy-connection",
         "upgrade",
     ] {
-        assert_eq!(seen.header(name), None, "{name} reached the upstream: {:?}", seen.headers);
+        assert_eq!(
+            seen.header(name),
+            None,
+            "{name} reached the upstream: {:?}",
+            seen.headers
+        );
     }
     // The upstream hop may carry its own Connection, but never the client's tokens.
     for v in seen.all("connection") {
@@ -116,7 +124,11 @@ async fn request_id_is_propagated_or_generated() -> Result<()> {
     let gw = gateway(&echo, "trusted_proxies = []", "").await?;
     let (resp, seen) = raw_echo(&gw, &["X-Request-Id: abc-123_x.y"]).await?;
     assert_eq!(seen.all("x-request-id"), ["abc-123_x.y"]);
-    let resp_id: Vec<_> = resp.iter().filter(|(n, _)| n == "x-request-id").map(|(_, v)| v.as_str()).collect();
+    let resp_id: Vec<_> = resp
+        .iter()
+        .filter(|(n, _)| n == "x-request-id")
+        .map(|(_, v)| v.as_str())
+        .collect();
     assert_eq!(resp_id, ["abc-123_x.y"]);
 
     let mut ids = Vec::new();
@@ -125,7 +137,11 @@ async fn request_id_is_propagated_or_generated() -> Result<()> {
         let id = resp.headers()["x-request-id"].to_str()?.to_owned();
         let seen: EchoReport = resp.json().await?;
         assert!(!id.is_empty());
-        assert_eq!(seen.all("x-request-id"), [id.as_str()], "upstream and client see the same id");
+        assert_eq!(
+            seen.all("x-request-id"),
+            [id.as_str()],
+            "upstream and client see the same id"
+        );
         ids.push(id);
     }
     assert_ne!(ids[0], ids[1], "generated ids are unique");
@@ -154,7 +170,10 @@ async fn host_is_the_upstream_authority_without_preserve_host() -> Result<()> {
     let expected = echo.direct.to_string();
     assert_eq!(seen.all("host"), [expected.as_str()]);
     // The client's host is still available to the upstream.
-    assert_eq!(seen.all("x-forwarded-host")[0].split(':').next(), Some("web.example.test"));
+    assert_eq!(
+        seen.all("x-forwarded-host")[0].split(':').next(),
+        Some("web.example.test")
+    );
     Ok(())
 }
 
@@ -174,8 +193,19 @@ async fn client_identity_headers_never_reach_a_bypass_upstream() -> Result<()> {
         ],
     )
     .await?;
-    for name in ["remote-user", "remote-email", "remote-groups", "remote-name", "x-forwarded-user"] {
-        assert_eq!(seen.header(name), None, "{name} reached the upstream: {:?}", seen.headers);
+    for name in [
+        "remote-user",
+        "remote-email",
+        "remote-groups",
+        "remote-name",
+        "x-forwarded-user",
+    ] {
+        assert_eq!(
+            seen.header(name),
+            None,
+            "{name} reached the upstream: {:?}",
+            seen.headers
+        );
     }
     Ok(())
 }

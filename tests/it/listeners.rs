@@ -10,14 +10,19 @@ use crate::harness::{wait_until, Echo, TestGateway};
 async fn http_listener_redirects_to_https_keeping_path_and_query() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()),
+        )
         .spawn()
         .await?;
     let http = gw.addrs.http.expect("http listener").port();
     let https = gw.addrs.https.port();
     let resp = gw
         .client
-        .get(format!("http://web.example.test:{http}/some/path?x=1&y=two"))
+        .get(format!(
+            "http://web.example.test:{http}/some/path?x=1&y=two"
+        ))
         .send()
         .await?;
     assert_eq!(resp.status(), 308);
@@ -33,13 +38,22 @@ async fn http_listener_redirects_to_https_keeping_path_and_query() -> Result<()>
         .send()
         .await?;
     assert_eq!(resp.status(), 308);
-    assert_eq!(resp.headers()["location"], format!("https://web.example.test:{https}/form").as_str());
+    assert_eq!(
+        resp.headers()["location"],
+        format!("https://web.example.test:{https}/form").as_str()
+    );
 
-    let resp = gw.client.get(format!("http://web.example.test:{http}/healthz")).send().await?;
+    let resp = gw
+        .client
+        .get(format!("http://web.example.test:{http}/healthz"))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 200);
     let resp = gw
         .client
-        .get(format!("http://web.example.test:{http}/.well-known/acme-challenge/x"))
+        .get(format!(
+            "http://web.example.test:{http}/.well-known/acme-challenge/x"
+        ))
         .send()
         .await?;
     assert_ne!(resp.status(), 308);
@@ -52,7 +66,10 @@ async fn http_listener_redirects_to_https_keeping_path_and_query() -> Result<()>
 async fn admin_listener_serves_health_readiness_and_metrics() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
     let get = |path: &str| gw.client.get(gw.admin_url(path)).send();

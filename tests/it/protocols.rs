@@ -4,16 +4,21 @@ use anyhow::{Context as _, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{client_builder, EchoReport, Echo, Gateway, TestGateway};
+use crate::harness::{client_builder, Echo, EchoReport, Gateway, TestGateway};
 
 #[tokio::test]
 async fn http2_client_reaches_the_http1_upstream() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
-    let h2 = client_builder(&gw.ca_pem)?.http2_prior_knowledge().build()?;
+    let h2 = client_builder(&gw.ca_pem)?
+        .http2_prior_knowledge()
+        .build()?;
     let resp = h2
         .post(gw.url("web.example.test", "/h2?q=1"))
         .header("x-client", "h2")
@@ -30,7 +35,11 @@ async fn http2_client_reaches_the_http1_upstream() -> Result<()> {
     assert_eq!(seen.body_bytes, 13);
     assert_eq!(seen.header("x-client"), Some("h2"));
     let expected = format!("web.example.test:{}", gw.addrs.https.port());
-    assert_eq!(seen.all("host"), [expected.as_str()], "the :authority becomes Host");
+    assert_eq!(
+        seen.all("host"),
+        [expected.as_str()],
+        "the :authority becomes Host"
+    );
     // Unknown host over h2 is a 404 as well.
     let resp = h2.get(gw.url("nothing.example.test", "/")).send().await?;
     assert_eq!(resp.status(), 404);
@@ -41,8 +50,9 @@ async fn http2_client_reaches_the_http1_upstream() -> Result<()> {
 pub(crate) async fn open_ws(
     gw: &Gateway,
     host: &str,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
-{
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+> {
     let tls = gw.tls_connect(host).await?;
     let url = format!("wss://{host}:{}/ws", gw.addrs.https.port());
     let (ws, resp) = tokio_tungstenite::client_async(url, tls).await?;
@@ -51,7 +61,10 @@ pub(crate) async fn open_ws(
 }
 
 /// Sends one message and expects it back.
-pub(crate) async fn ws_roundtrip<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, msg: Message) -> Result<()>
+pub(crate) async fn ws_roundtrip<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    msg: Message,
+) -> Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -68,7 +81,10 @@ where
 async fn websocket_echoes_text_and_binary() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("ws", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "ws",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
     let mut ws = open_ws(&gw, "ws.example.test").await?;
@@ -90,7 +106,9 @@ async fn websocket_to_a_protected_service_is_refused() -> Result<()> {
         .await?;
     let tls = gw.tls_connect("ws.example.test").await?;
     let url = format!("wss://ws.example.test:{}/ws", gw.addrs.https.port());
-    let err = tokio_tungstenite::client_async(url, tls).await.expect_err("must not upgrade");
+    let err = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect_err("must not upgrade");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
         other => panic!("unexpected error {other}"),

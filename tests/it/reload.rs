@@ -18,12 +18,19 @@ fn bypass(upstream: &str) -> String {
 #[tokio::test]
 async fn reload_adds_a_service() -> Result<()> {
     let echo = Echo::start().await?;
-    let mut gw = TestGateway::new().service("a", &bypass(&echo.url())).spawn().await?;
+    let mut gw = TestGateway::new()
+        .service("a", &bypass(&echo.url()))
+        .spawn()
+        .await?;
     assert_eq!(gw.status("b.example.test", "/").await?, 404);
     gw.update(|c| {
         c.service("b", &bypass(&echo.url()));
     })?;
-    assert_eq!(gw.status("b.example.test", "/").await?, 404, "nothing changes before the reload");
+    assert_eq!(
+        gw.status("b.example.test", "/").await?,
+        404,
+        "nothing changes before the reload"
+    );
     gw.reload().await?;
     assert_eq!(gw.status("b.example.test", "/").await?, 200);
     assert_eq!(gw.status("a.example.test", "/").await?, 200);
@@ -50,30 +57,50 @@ async fn reload_changes_an_upstream() -> Result<()> {
 #[tokio::test]
 async fn invalid_reload_is_rejected_and_the_old_config_keeps_serving() -> Result<()> {
     let echo = Echo::start().await?;
-    let gw = TestGateway::new().service("a", &bypass(&echo.url())).spawn().await?;
+    let gw = TestGateway::new()
+        .service("a", &bypass(&echo.url()))
+        .spawn()
+        .await?;
     let hash_before = gw.shared.snapshot.load().hash.clone();
     let mut broken = gw.config.clone();
     broken.service("a", "upstream = \"ftp://127.0.0.1:1\"\nbypass_auth = true");
     broken.service("b", &bypass(&echo.url()));
     gw.write_config(&broken.render(&gw.certs_dir))?;
-    let err = gw.reload().await.expect_err("an invalid config must be rejected");
+    let err = gw
+        .reload()
+        .await
+        .expect_err("an invalid config must be rejected");
     assert!(err.to_string().contains("services.a.upstream"), "{err}");
     assert_eq!(gw.shared.snapshot.load().hash, hash_before);
-    assert_eq!(gw.status("a.example.test", "/").await?, 200, "old upstream still used");
-    assert_eq!(gw.status("b.example.test", "/").await?, 404, "nothing of the bad file applies");
+    assert_eq!(
+        gw.status("a.example.test", "/").await?,
+        200,
+        "old upstream still used"
+    );
+    assert_eq!(
+        gw.status("b.example.test", "/").await?,
+        404,
+        "nothing of the bad file applies"
+    );
     // Not even TOML.
     gw.write_config("this is [not toml")?;
     assert!(gw.reload().await.is_err());
     assert_eq!(gw.status("a.example.test", "/").await?, 200);
     let metrics = gw.shared.metrics.encode();
-    assert!(metrics.contains("portcullis_config_reloads_total{kind=\"failed\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_config_reloads_total{kind=\"failed\"} 2"),
+        "{metrics}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_concurrent_load_fails_no_request() -> Result<()> {
     let echo = Echo::start().await?;
-    let mut gw = TestGateway::new().service("a", &bypass(&echo.url())).spawn().await?;
+    let mut gw = TestGateway::new()
+        .service("a", &bypass(&echo.url()))
+        .spawn()
+        .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -115,7 +142,11 @@ async fn reload_under_concurrent_load_fails_no_request() -> Result<()> {
             "requests stopped making progress"
         );
         // Alternate between the direct and the relayed upstream, and add/remove a second service.
-        let upstream = if i % 2 == 0 { echo.counted_url() } else { echo.url() };
+        let upstream = if i % 2 == 0 {
+            echo.counted_url()
+        } else {
+            echo.url()
+        };
         gw.update(|c| {
             c.service("a", &bypass(&upstream));
             if i % 2 == 0 {
@@ -139,17 +170,28 @@ async fn reload_under_concurrent_load_fails_no_request() -> Result<()> {
     for t in tasks {
         failures.extend(t.await?);
     }
-    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(echo.connections() > 0, "the reloaded upstream was used");
     let metrics = gw.shared.metrics.encode();
-    assert!(metrics.contains("portcullis_config_reloads_total{kind=\"ok\"} 5"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_config_reloads_total{kind=\"ok\"} 5"),
+        "{metrics}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn open_websocket_survives_a_reload() -> Result<()> {
     let echo = Echo::start().await?;
-    let mut gw = TestGateway::new().service("ws", &bypass(&echo.url())).spawn().await?;
+    let mut gw = TestGateway::new()
+        .service("ws", &bypass(&echo.url()))
+        .spawn()
+        .await?;
     let mut ws = open_ws(&gw, "ws.example.test").await?;
     ws_roundtrip(&mut ws, Message::Text("before".into())).await?;
     // Point the service elsewhere and reload: the open tunnel keeps its upstream.
@@ -158,7 +200,11 @@ async fn open_websocket_survives_a_reload() -> Result<()> {
         c.service("ws", &bypass(&format!("http://{dead}")));
     })?;
     gw.reload().await?;
-    assert_eq!(gw.status("ws.example.test", "/").await?, 502, "the reload took effect");
+    assert_eq!(
+        gw.status("ws.example.test", "/").await?,
+        502,
+        "the reload took effect"
+    );
     ws_roundtrip(&mut ws, Message::Text("after".into())).await?;
     ws_roundtrip(&mut ws, Message::Binary(vec![1, 2, 3])).await?;
     ws.close(None).await?;

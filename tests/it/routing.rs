@@ -8,16 +8,26 @@ use crate::harness::{refused_addr, Echo, TestGateway};
 async fn exact_host_routes_to_its_service() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .service(
             "other",
-            &format!("upstream = {:?}\nbypass_auth = true\nhosts = [\"other.example.test\"]", echo.counted_url()),
+            &format!(
+                "upstream = {:?}\nbypass_auth = true\nhosts = [\"other.example.test\"]",
+                echo.counted_url()
+            ),
         )
         .spawn()
         .await?;
     let report = gw.echo("web.example.test", "/hello?x=1").await?;
     assert_eq!(report.uri, "/hello?x=1");
-    assert_eq!(echo.connections(), 0, "web must not go to the other service's upstream");
+    assert_eq!(
+        echo.connections(),
+        0,
+        "web must not go to the other service's upstream"
+    );
     gw.echo("other.example.test", "/").await?;
     assert_eq!(echo.connections(), 1);
     Ok(())
@@ -51,7 +61,10 @@ async fn wildcard_matches_exactly_one_label() -> Result<()> {
 async fn unknown_host_is_404() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()),
+        )
         .spawn()
         .await?;
     let resp = gw.get("nothing.example.test", "/").await?;
@@ -65,7 +78,10 @@ async fn unknown_host_is_404() -> Result<()> {
 async fn host_case_port_and_trailing_dot_still_route() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("web", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
     for host in [
@@ -76,7 +92,12 @@ async fn host_case_port_and_trailing_dot_still_route() -> Result<()> {
         format!("Web.Example.Test.:{}", gw.addrs.https.port()),
     ] {
         let (status, body) = gw.raw_get("web.example.test", &host, "/").await?;
-        assert_eq!(status, 200, "Host {host}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "Host {host}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(())
 }
@@ -87,17 +108,33 @@ async fn host_not_covered_by_the_connections_certificate_is_421() -> Result<()> 
     let gw = TestGateway::new()
         .certificate(&["a.example.test"])
         .certificate(&["b.example.test"])
-        .service("a", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
-        .service("b", &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()))
+        .service(
+            "a",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
+        .service(
+            "b",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()),
+        )
         .spawn()
         .await?;
     // Controls: each name on its own certificate's connection is served.
-    assert_eq!(gw.raw_get("a.example.test", "a.example.test", "/").await?.0, 200);
-    assert_eq!(gw.raw_get("b.example.test", "b.example.test", "/").await?.0, 200);
+    assert_eq!(
+        gw.raw_get("a.example.test", "a.example.test", "/").await?.0,
+        200
+    );
+    assert_eq!(
+        gw.raw_get("b.example.test", "b.example.test", "/").await?.0,
+        200
+    );
     let before = echo.connections();
     let (status, _) = gw.raw_get("a.example.test", "b.example.test", "/").await?;
     assert_eq!(status, 421);
-    assert_eq!(echo.connections(), before, "a misdirected request must not reach b's upstream");
+    assert_eq!(
+        echo.connections(),
+        before,
+        "a misdirected request must not reach b's upstream"
+    );
     Ok(())
 }
 
@@ -120,7 +157,11 @@ async fn protected_service_is_401_and_never_reaches_the_upstream() -> Result<()>
         .send()
         .await?;
     assert_eq!(resp.status(), 401);
-    assert_eq!(echo.connections(), 0, "a protected service must never be proxied");
+    assert_eq!(
+        echo.connections(),
+        0,
+        "a protected service must never be proxied"
+    );
     Ok(())
 }
 
@@ -128,7 +169,10 @@ async fn protected_service_is_401_and_never_reaches_the_upstream() -> Result<()>
 async fn refused_upstream_is_502_with_request_id() -> Result<()> {
     let dead = refused_addr().await?;
     let gw = TestGateway::new()
-        .service("dead", &format!("upstream = \"http://{dead}\"\nbypass_auth = true"))
+        .service(
+            "dead",
+            &format!("upstream = \"http://{dead}\"\nbypass_auth = true"),
+        )
         .spawn()
         .await?;
     let resp = gw.get("dead.example.test", "/").await?;
@@ -161,14 +205,20 @@ async fn slow_upstream_is_504() -> Result<()> {
     let gw = TestGateway::new()
         .service(
             "slow",
-            &format!("upstream = {:?}\nbypass_auth = true\nupstream_response_secs = 1", echo.url()),
+            &format!(
+                "upstream = {:?}\nbypass_auth = true\nupstream_response_secs = 1",
+                echo.url()
+            ),
         )
         .spawn()
         .await?;
     let started = std::time::Instant::now();
     let resp = gw.get("slow.example.test", "/delay/3000").await?;
     assert_eq!(resp.status(), 504);
-    assert!(started.elapsed() < std::time::Duration::from_millis(2900), "answered only after the upstream");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2900),
+        "answered only after the upstream"
+    );
     let id = resp.headers()["x-request-id"].to_str()?.to_owned();
     assert!(resp.text().await?.contains(&id));
     // A fast answer on the same service is still fine.

@@ -5,14 +5,18 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{EchoReport, Echo, TestGateway};
+use crate::harness::{Echo, EchoReport, TestGateway};
 
 const SIZE: u64 = 256 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 /// A buffer whose windows are the upload's chunks.
 fn pattern() -> Bytes {
-    Bytes::from((0..CHUNK + 251).map(|j| (j % 256) as u8).collect::<Vec<u8>>())
+    Bytes::from(
+        (0..CHUNK + 251)
+            .map(|j| (j % 256) as u8)
+            .collect::<Vec<u8>>(),
+    )
 }
 
 /// Chunk `i` of the upload: a deterministic pattern that differs per chunk (a window of `pattern`), made lazily.
@@ -25,7 +29,10 @@ fn chunk(pattern: &Bytes, i: u64) -> Bytes {
 async fn upload_of_256_mib_streams_to_the_upstream() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("up", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "up",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
     let chunks = SIZE / CHUNK as u64;
@@ -35,7 +42,8 @@ async fn upload_of_256_mib_streams_to_the_upstream() -> Result<()> {
         hasher.update(chunk(&pattern, i));
     }
     let expected = format!("{:x}", hasher.finalize());
-    let stream = futures_util::stream::iter(0..chunks).map(move |i| Ok::<_, std::io::Error>(chunk(&pattern, i)));
+    let stream = futures_util::stream::iter(0..chunks)
+        .map(move |i| Ok::<_, std::io::Error>(chunk(&pattern, i)));
     let resp = gw
         .client
         .post(gw.url("up.example.test", "/upload"))
@@ -53,10 +61,15 @@ async fn upload_of_256_mib_streams_to_the_upstream() -> Result<()> {
 async fn download_of_256_mib_streams_to_the_client() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service("down", &format!("upstream = {:?}\nbypass_auth = true", echo.url()))
+        .service(
+            "down",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
         .spawn()
         .await?;
-    let resp = gw.get("down.example.test", &format!("/bytes/{SIZE}")).await?;
+    let resp = gw
+        .get("down.example.test", &format!("/bytes/{SIZE}"))
+        .await?;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let mut total: u64 = 0;
