@@ -1,0 +1,17 @@
+//! Integration tests: each test starts its own gateway on 127.0.0.1:0 with real TLS and a real echo upstream.
+//!
+//! One crate, a module per feature (STYLE.md "Tests"). Logs appear only with `TEST_LOG=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod config_errors;
+mod configs;
+mod drain;
+mod harness;
+mod headers;
+mod listeners;
+mod protocols;
+mod reload;
+mod routing;
+mod streaming;
