@@ -3,6 +3,8 @@
 //! protected route? The client side is hyper over an in-memory duplex on a kept-alive connection; the upstream is
 //! the echo backend in the same process (its `/small` answer is two bytes), reached over loopback TCP.
 
+#![allow(missing_docs, clippy::expect_used)] // criterion's macros generate undocumented items
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,7 +21,9 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
     let echo_addr = echo.local_addr().expect("echo addr");
     tokio::spawn(portcullis::echo::serve(echo, std::future::pending()));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -27,7 +31,10 @@ async fn setup() -> Setup {
     std::fs::create_dir(&certs).expect("certs dir");
     let ca = DevCa::generate("bench").expect("ca");
     let (chain, key) = ca
-        .issue(&["*.bench.test".to_owned()], std::time::Duration::from_secs(3600))
+        .issue(
+            &["*.bench.test".to_owned()],
+            std::time::Duration::from_secs(3600),
+        )
         .expect("issue");
     std::fs::write(certs.join("bench.pem"), format!("{chain}{key}")).expect("write cert");
     let cfg = dir.path().join("bench.toml");
@@ -54,7 +61,9 @@ upstream = "http://{echo_addr}"
     let shared = Shared::new(snapshot, cfg);
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let peer = "127.0.0.1:40000".parse().expect("addr");
-    tokio::spawn(portcullis::server::serve_gateway_connection(server_io, peer, shared));
+    tokio::spawn(portcullis::server::serve_gateway_connection(
+        server_io, peer, shared,
+    ));
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
         .await
         .expect("handshake");
@@ -62,14 +71,22 @@ upstream = "http://{echo_addr}"
     Setup { sender, _dir: dir }
 }
 
-async fn one(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, host: &'static str) -> usize {
+async fn one(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: &'static str,
+) -> usize {
     sender.ready().await.expect("ready");
     let req = http::Request::get("/small")
         .header("host", host)
         .body(Empty::new())
         .expect("request");
     let resp = sender.send_request(req).await.expect("response");
-    resp.into_body().collect().await.expect("body").to_bytes().len()
+    resp.into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .len()
 }
 
 fn bench(c: &mut Criterion) {
@@ -81,7 +98,10 @@ fn bench(c: &mut Criterion) {
     let setup = rt.block_on(setup());
     let sender = Arc::new(tokio::sync::Mutex::new(setup.sender));
     let mut g = c.benchmark_group("handle");
-    for (name, host) in [("bypass_route_small_body", "open.bench.test"), ("protected_route_refused", "closed.bench.test")] {
+    for (name, host) in [
+        ("bypass_route_small_body", "open.bench.test"),
+        ("protected_route_refused", "closed.bench.test"),
+    ] {
         let sender = Arc::clone(&sender);
         g.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {

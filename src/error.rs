@@ -105,6 +105,7 @@ pub fn respond(err: &RequestError, request_id: &str) -> Response<Full<Bytes>> {
         RequestError::Connect => "method not allowed\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::FORBIDDEN => "forbidden\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::UNAUTHORIZED => "unauthorized\n".to_owned(),
+        RequestError::Auth(_) if status == StatusCode::BAD_REQUEST => "bad request\n".to_owned(),
         RequestError::Auth(_) => format!("authentication unavailable (request id {request_id})\n"),
         RequestError::Proxy(_) if status == StatusCode::GATEWAY_TIMEOUT => {
             format!(

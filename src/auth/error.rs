@@ -53,16 +53,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// 401 for missing/invalid credentials, 403 for authenticated-but-not-allowed, 400 for a path that cannot be
-    /// matched safely, 503 when keys cannot be had at all or auth is not configured (fail closed).
+    /// 401 for missing/invalid credentials and for a protected service nobody can authenticate to (no issuer:
+    /// fail closed), 403 for authenticated-but-not-allowed, 400 for a path that cannot be matched safely, 503 when
+    /// keys cannot be had at all.
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::NoCredentials | AuthError::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            // Not configured: nobody can authenticate, so the caller is unauthenticated (fail closed).
+            AuthError::NoCredentials
+            | AuthError::InvalidToken { .. }
+            | AuthError::NotConfigured { .. } => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AuthError::BadPath { .. } => StatusCode::BAD_REQUEST,
-            AuthError::NotConfigured { .. } | AuthError::IssuerUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AuthError::IssuerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -71,7 +73,7 @@ impl AuthError {
     /// otherwise. `None` for other statuses.
     pub fn www_authenticate(&self) -> Option<HeaderValue> {
         match self {
-            AuthError::NoCredentials => {
+            AuthError::NoCredentials | AuthError::NotConfigured { .. } => {
                 Some(HeaderValue::from_static(r#"Bearer realm="portcullis""#))
             }
             AuthError::InvalidToken { reason, .. } => Some(HeaderValue::from_static(
@@ -83,7 +85,6 @@ impl AuthError {
             )),
             AuthError::Forbidden { .. }
             | AuthError::BadPath { .. }
-            | AuthError::NotConfigured { .. }
             | AuthError::IssuerUnavailable { .. } => None,
         }
     }

@@ -1245,8 +1245,8 @@ async fn missing_credentials_and_not_configured() {
         .await
         .unwrap_err();
     assert!(matches!(e, AuthError::NotConfigured { .. }));
-    assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(e.www_authenticate().is_none());
+    assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+    assert!(e.www_authenticate().is_some());
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ async fn route_and_forward(
     if req.method() == http::Method::CONNECT && !proxy::is_h2_websocket(&req) {
         return Err(RequestError::Connect);
     }
-    let permit = shared
+    let decision = shared
         .auth
         .authorize(
             &snap.auth,
@@ -106,7 +106,26 @@ async fn route_and_forward(
             req.uri().path(),
             req.headers(),
         )
-        .await?;
+        .await;
+    let kind = match &decision {
+        Ok(p) if p.identity().is_some() => "allow",
+        Ok(_) => "anonymous",
+        Err(e) => match e.status() {
+            http::StatusCode::UNAUTHORIZED => "unauthenticated",
+            http::StatusCode::FORBIDDEN => "forbidden",
+            http::StatusCode::BAD_REQUEST => "bad_request",
+            _ => "error",
+        },
+    };
+    shared
+        .metrics
+        .auth_decisions
+        .get_or_create(&ServiceKindLabels {
+            service: ServiceLabel(Arc::clone(&record.service)),
+            kind,
+        })
+        .inc();
+    let permit = decision?;
     let peer = Peer {
         ip: conn.peer.ip(),
         trusted: snap.trusted_proxies.is_trusted(conn.peer.ip()),

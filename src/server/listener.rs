@@ -206,7 +206,8 @@ where
         sni: None,
         cert: None,
     });
-    let svc = service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
+    let svc =
+        service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
     serve(io, svc, &ctx, "https").await;
 }
 
