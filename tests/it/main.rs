@@ -1,0 +1,3 @@
+//! The integration test crate: one module per feature, each starting its own gateway on loopback.
+
+mod acme;
