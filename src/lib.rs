@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only parses the command line, sets up telemetry, loads the
 //! configuration and calls [`run`].
 
+pub mod acme;
 pub mod auth;
 pub mod config;
 pub mod echo;

@@ -162,6 +162,18 @@ fn describe(s: &Snapshot) -> String {
         s.tls.default_certificate.as_deref().unwrap_or("(first)"),
         s.watch
     );
+    if let Some(a) = &s.tls.acme {
+        let hosts: Vec<String> = a.hosts.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "acme        {}  {}  {}  renew_before_days {}  hosts {}",
+            a.directory,
+            a.challenge,
+            a.contact.as_uri(),
+            a.renew_before.as_secs() / 86_400,
+            hosts.join(", ")
+        );
+    }
     for c in s.certs.entries() {
         let _ = writeln!(
             out,

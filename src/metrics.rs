@@ -24,6 +24,8 @@ pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
 pub const CONFIG_RELOADS: &str = "portcullis_config_reloads";
 /// `portcullis_auth_decisions` (counter, `_total`): authorization decisions by service and decision.
 pub const AUTH_DECISIONS: &str = "portcullis_auth_decisions";
+/// `portcullis_acme_orders` (counter, `_total`): ACME certificate orders by result (`issued`, `failed`).
+pub const ACME_ORDERS: &str = "portcullis_acme_orders";
 
 /// A service name as a label value; `-` for requests that matched no service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -68,6 +70,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Labels with one fixed outcome word.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// A fixed word (`issued`, `failed`).
+    pub result: &'static str,
+}
+
 /// All metric handles.
 #[derive(Debug)]
 pub struct Metrics {
@@ -84,6 +93,8 @@ pub struct Metrics {
     pub reloads: Family<KindLabels, Counter>,
     /// See [`AUTH_DECISIONS`].
     pub auth_decisions: Family<ServiceKindLabels, Counter>,
+    /// See [`ACME_ORDERS`].
+    pub acme_orders: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -112,6 +123,7 @@ impl Metrics {
         let open_connections = Family::default();
         let reloads = Family::default();
         let auth_decisions = Family::default();
+        let acme_orders = Family::default();
         registry.register(
             HTTP_REQUESTS,
             "Requests by service and status class",
@@ -142,6 +154,11 @@ impl Metrics {
             "Authorization decisions by service and decision",
             auth_decisions.clone(),
         );
+        registry.register(
+            ACME_ORDERS,
+            "ACME certificate orders by result",
+            acme_orders.clone(),
+        );
         Self {
             registry,
             requests,
@@ -150,6 +167,7 @@ impl Metrics {
             open_connections,
             reloads,
             auth_decisions,
+            acme_orders,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Upgraded connections (WebSockets) being tunnelled, drained on shutdown.
     pub tunnels: tokio_util::task::TaskTracker,
+    /// ACME challenge responses in flight (HTTP-01 tokens, TLS-ALPN-01 certificates).
+    pub acme: crate::acme::Challenges,
     config_path: PathBuf,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -50,6 +52,7 @@ impl Shared {
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
             tunnels: tokio_util::task::TaskTracker::new(),
+            acme: crate::acme::Challenges::default(),
             config_path,
             reload_lock: tokio::sync::Mutex::new(()),
         })

@@ -47,6 +47,8 @@ const SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const REISSUE_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Backdating of `notBefore` so that peers with a slightly slow clock accept a certificate issued just now.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737 §6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// Number of TLS 1.2 sessions kept for stateful resumption (RFC 5246 §7.3); TLS 1.3 uses tickets.
 const SESSION_CACHE_SIZE: usize = 1024;
 
@@ -778,7 +780,7 @@ pub fn dir_fingerprint(dir: &Path) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// Builds the server configuration: TLS 1.2 and 1.3 only, ring provider, ALPN `h2` then `http/1.1`, the given
+/// Builds the server configuration: TLS 1.2 and 1.3 only, ring provider, ALPN `h2`, `http/1.1`, `acme-tls/1`, the given
 /// certificate resolver, and session resumption (stateful cache for TLS 1.2, tickets for both versions).
 ///
 /// # Errors
@@ -795,8 +797,9 @@ pub fn server_config(
         .map_err(|source| TlsError::ServerConfig { source })?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    // Server preference order: h2 first when the client offers both (RFC 7301 §3.2).
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Server preference order: h2 first when the client offers both (RFC 7301 §3.2). `acme-tls/1` is only ever
+    // offered alone, by TLS-ALPN-01 validators (RFC 8737 §3); the listener closes those connections.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|source| TlsError::ServerConfig { source })?;
@@ -1092,7 +1095,7 @@ fn distinguished_name_of(cert: &X509Certificate<'_>) -> Option<DistinguishedName
 }
 
 /// Creates a directory (and parents); the last component gets mode 0700 on unix when newly created.
-fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -1108,7 +1111,11 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
 
 /// Writes `path` through a hidden temporary file and a rename, so a directory poller never loads half a file;
 /// `private` files get mode 0600 on unix from creation on.
-fn write_atomically(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+pub(crate) fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    private: bool,
+) -> Result<(), TlsError> {
     let write_error = |source| TlsError::Write {
         path: path.to_path_buf(),
         source,
@@ -1878,7 +1885,7 @@ mod tests {
         }
         assert_eq!(
             server.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"acme-tls/1".to_vec()]
         );
         assert!(server.ticketer.enabled(), "tickets enabled for resumption");
 

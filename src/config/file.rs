@@ -78,6 +78,32 @@ pub struct FileTls {
     pub default_certificate: Option<String>,
     /// Generate a local CA and a certificate covering every service host when the directory lacks one.
     pub self_signed: Option<bool>,
+    /// Automatic certificates.
+    pub acme: Option<FileAcme>,
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcme {
+    /// Directory URL of the ACME server (`https://`).
+    pub directory: Option<String>,
+    /// Contact e-mail of the account.
+    pub contact: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the directory.
+    pub ca_file: Option<String>,
+    /// `http-01` (default), `tls-alpn-01` or `dns-01`.
+    pub challenge: Option<String>,
+    /// Program (or program and leading arguments) run as `... set|clear <domain> <txt-value>` for dns-01.
+    pub dns_hook: Option<FileOneOrMany>,
+    /// Names to get certificates for; default every exact service host.
+    pub hosts: Option<Vec<String>>,
+    /// Renew this many days before expiry (default 30).
+    pub renew_before_days: Option<u64>,
+    /// First delay after a failed order (default 60).
+    pub retry_initial_secs: Option<u64>,
+    /// Largest delay between failed orders (default 3600).
+    pub retry_max_secs: Option<u64>,
 }
 
 /// `[demo]`.

@@ -77,6 +77,8 @@ pub struct TlsSource {
     pub self_signed: bool,
     /// The development CA certificate, when `self_signed` made one.
     pub dev_ca: Option<PathBuf>,
+    /// Automatic certificates, when `[tls.acme]` is set.
+    pub acme: Option<crate::acme::AcmeSettings>,
 }
 
 /// Where a service's requests go.

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::file::{FileConfig, FileServer, FileService};
+use super::file::{FileAcme, FileConfig, FileOneOrMany, FileServer, FileService};
 use super::problem::{ProblemKind, Problems};
 use super::snapshot::{
     ListenAddrs, Route, Snapshot, Timeouts, TlsSource, TrustedProxies, Upstream,
 };
+use crate::acme::{AcmeClient, AcmeSettings, ChallengeKind, Contact, DnsHook};
 use crate::proxy::UpstreamClient;
 use crate::router::{Host, HostPattern, Router};
 use crate::tls::CertStore;
@@ -36,6 +37,9 @@ const DEFAULT_UPSTREAM_CONNECT: u64 = 5;
 const DEFAULT_UPSTREAM_RESPONSE: u64 = 60;
 const DEFAULT_IDLE: u64 = 120;
 const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
+const DEFAULT_ACME_RENEW_BEFORE_DAYS: u64 = 30;
+const DEFAULT_ACME_RETRY_INITIAL: u64 = 60;
+const DEFAULT_ACME_RETRY_MAX: u64 = 3600;
 
 /// Builds the snapshot, or returns every problem found.
 pub fn build(
@@ -147,7 +151,12 @@ pub fn build(
         routes.push(route);
     }
 
-    let tls = tls_source(&file, &routes, mode, problems);
+    let acme = file
+        .tls
+        .acme
+        .as_ref()
+        .and_then(|a| acme_settings(a, &file, &routes, listen.as_ref(), problems));
+    let tls = tls_source(&file, &routes, acme, mode, problems);
     let certs = load_certs(&tls, &routes, mode, problems);
 
     if !problems.is_empty() {
@@ -441,6 +450,7 @@ fn parse_upstream(
 fn tls_source(
     file: &FileConfig,
     routes: &[Arc<Route>],
+    acme: Option<AcmeSettings>,
     mode: Mode,
     problems: &mut Problems,
 ) -> TlsSource {
@@ -465,11 +475,257 @@ fn tls_source(
             Err(e) => problems.push("tls.self_signed", ProblemKind::Tls(Box::new(e))),
         }
     }
+    if acme.is_some() && mode == Mode::Serve && !certs_dir.as_os_str().is_empty() {
+        // ACME starts from an empty directory; it holds the account key, so it is private.
+        if let Err(e) = crate::tls::create_private_dir(&certs_dir) {
+            problems.push("tls.certs_dir", ProblemKind::Tls(Box::new(e)));
+        }
+    }
     TlsSource {
         certs_dir,
         default_certificate: file.tls.default_certificate.clone(),
         self_signed,
         dev_ca,
+        acme,
+    }
+}
+
+/// `[tls.acme]`: every value parsed, the hosts resolved, and the challenge checked against the listeners.
+fn acme_settings(
+    acme: &FileAcme,
+    file: &FileConfig,
+    routes: &[Arc<Route>],
+    listen: Option<&ListenAddrs>,
+    problems: &mut Problems,
+) -> Option<AcmeSettings> {
+    let before = problems.len();
+    let directory = match acme.directory.as_deref() {
+        None => {
+            problems.push(
+                "tls.acme.directory",
+                ProblemKind::Required {
+                    hint: Some("the ACME directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`"),
+                },
+            );
+            None
+        }
+        Some(raw) => match raw.parse::<http::Uri>() {
+            Ok(u) if u.scheme() == Some(&http::uri::Scheme::HTTPS) && u.host().is_some() => Some(u),
+            _ => {
+                problems.invalid(
+                    "tls.acme.directory",
+                    raw,
+                    "expected an `https://` URL (RFC 8555 §6.1 requires HTTPS)",
+                );
+                None
+            }
+        },
+    };
+    let contact = match acme.contact.as_deref() {
+        None => {
+            problems.push(
+                "tls.acme.contact",
+                ProblemKind::Required {
+                    hint: Some("an e-mail address for expiry notices, e.g. `ops@example.com`"),
+                },
+            );
+            None
+        }
+        Some(raw) => {
+            let c = Contact::parse(raw);
+            if c.is_none() {
+                problems.invalid(
+                    "tls.acme.contact",
+                    raw,
+                    "expected an e-mail address such as `ops@example.com`",
+                );
+            }
+            c
+        }
+    };
+    let challenge = match acme.challenge.as_deref() {
+        None => Some(ChallengeKind::Http01),
+        Some(raw) => {
+            let k = ChallengeKind::parse(raw);
+            if k.is_none() {
+                problems.invalid(
+                    "tls.acme.challenge",
+                    raw,
+                    "expected `http-01`, `tls-alpn-01` or `dns-01`",
+                );
+            }
+            k
+        }
+    };
+    let dns_hook = acme.dns_hook.as_ref().and_then(|h| {
+        let argv = match h {
+            FileOneOrMany::One(p) => vec![p.clone()],
+            FileOneOrMany::Many(v) => v.clone(),
+        };
+        let hook = DnsHook::new(argv);
+        if hook.is_none() {
+            problems.invalid(
+                "tls.acme.dns_hook",
+                "",
+                "expected a program, or a list of the program and its leading arguments",
+            );
+        }
+        hook
+    });
+    match (challenge, &dns_hook) {
+        (Some(ChallengeKind::Dns01), None) if acme.dns_hook.is_none() => problems.push(
+            "tls.acme.dns_hook",
+            ProblemKind::Required {
+                hint: Some("dns-01 needs a program that publishes `_acme-challenge` TXT records, called as `PROGRAM set|clear <domain> <txt-value>`"),
+            },
+        ),
+        (Some(ChallengeKind::Http01 | ChallengeKind::TlsAlpn01), Some(_)) => problems.push(
+            "tls.acme.dns_hook",
+            ProblemKind::Conflict {
+                reason: "only used with `challenge = \"dns-01\"`".into(),
+            },
+        ),
+        _ => {}
+    }
+    if challenge == Some(ChallengeKind::Http01) && listen.is_some_and(|l| l.http.is_none()) {
+        problems.push(
+            "tls.acme.challenge",
+            ProblemKind::Conflict {
+                reason: "http-01 is answered on the plain HTTP listener: set `server.http` (reachable on port 80), or use `tls-alpn-01`".into(),
+            },
+        );
+    }
+    if file.tls.self_signed == Some(true) {
+        problems.push(
+            "tls.acme",
+            ProblemKind::Conflict {
+                reason: "cannot be combined with `tls.self_signed = true`: the self-signed certificate would cover every host".into(),
+            },
+        );
+    }
+    let hosts: Vec<HostPattern> = match &acme.hosts {
+        Some(list) if list.is_empty() => {
+            problems.invalid(
+                "tls.acme.hosts",
+                "[]",
+                "list at least one host, or remove the key to use every exact service host",
+            );
+            Vec::new()
+        }
+        Some(list) => {
+            let mut hosts = Vec::new();
+            for (i, raw) in list.iter().enumerate() {
+                let path = format!("tls.acme.hosts.{i}");
+                let pattern = match HostPattern::parse(raw) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        problems.invalid(
+                            path,
+                            raw,
+                            "expected a host name or `*.domain` wildcard, without port or scheme",
+                        );
+                        continue;
+                    }
+                };
+                if matches!(pattern, HostPattern::Wildcard(_))
+                    && challenge.is_some_and(|c| c != ChallengeKind::Dns01)
+                {
+                    problems.push(
+                        path.clone(),
+                        ProblemKind::Conflict {
+                            reason: format!("a wildcard certificate can only be obtained with `challenge = \"dns-01\"` (RFC 8555 §7.1.3), not {}", challenge.map_or("", ChallengeKind::as_str)),
+                        },
+                    );
+                }
+                let probe = match &pattern {
+                    HostPattern::Exact(n) => n.clone(),
+                    HostPattern::Wildcard(s) => format!("portcullis-probe.{s}"),
+                };
+                let served = routes
+                    .iter()
+                    .flat_map(|r| r.hosts.iter())
+                    .any(|h| h.matches(&probe) || pattern.matches(&route_probe(h)));
+                if !served {
+                    problems.push(
+                        path.clone(),
+                        ProblemKind::Conflict {
+                            reason: format!("{pattern} is not a host of any service"),
+                        },
+                    );
+                }
+                if !hosts.contains(&pattern) {
+                    hosts.push(pattern);
+                }
+            }
+            hosts
+        }
+        None => {
+            let mut hosts: Vec<HostPattern> = routes
+                .iter()
+                .flat_map(|r| r.hosts.iter())
+                .filter(|h| matches!(h, HostPattern::Exact(_)))
+                .cloned()
+                .collect();
+            hosts.sort_by_key(ToString::to_string);
+            hosts.dedup();
+            hosts
+        }
+    };
+    let renew_before = Duration::from_secs(
+        acme.renew_before_days
+            .unwrap_or(DEFAULT_ACME_RENEW_BEFORE_DAYS)
+            .saturating_mul(86_400),
+    );
+    let retry_initial = secs(
+        acme.retry_initial_secs,
+        DEFAULT_ACME_RETRY_INITIAL,
+        "tls.acme.retry_initial_secs",
+        problems,
+    );
+    let retry_max = secs(
+        acme.retry_max_secs,
+        DEFAULT_ACME_RETRY_MAX.max(retry_initial.as_secs()),
+        "tls.acme.retry_max_secs",
+        problems,
+    );
+    if retry_max < retry_initial {
+        problems.push(
+            "tls.acme.retry_max_secs",
+            ProblemKind::Conflict {
+                reason: "must not be smaller than `tls.acme.retry_initial_secs`".into(),
+            },
+        );
+    }
+    let ca_file = acme.ca_file.as_ref().map(PathBuf::from);
+    let client = match AcmeClient::new(ca_file.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push("tls.acme.ca_file", ProblemKind::Tls(Box::new(e)));
+            None
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(AcmeSettings {
+        directory: directory?,
+        contact: contact?,
+        ca_file,
+        client: client?,
+        challenge: challenge?,
+        dns_hook,
+        hosts,
+        renew_before,
+        retry_initial,
+        retry_max,
+    })
+}
+
+/// A name a route's host pattern answers for, to ask whether a certificate pattern covers it.
+fn route_probe(host: &HostPattern) -> String {
+    match host {
+        HostPattern::Exact(n) => n.clone(),
+        HostPattern::Wildcard(s) => format!("portcullis-probe.{s}"),
     }
 }
 
@@ -493,7 +749,7 @@ fn load_certs(
         return None;
     }
     if !tls.certs_dir.is_dir() {
-        if tls.self_signed && mode == Mode::Check {
+        if (tls.self_signed || tls.acme.is_some()) && mode == Mode::Check {
             return Some(CertStore::empty());
         }
         problems.invalid(
@@ -512,7 +768,8 @@ fn load_certs(
             return None;
         }
     };
-    if store.is_empty() && !(tls.self_signed && mode == Mode::Check) {
+    // With ACME the directory fills itself after start.
+    if store.is_empty() && tls.acme.is_none() && !(tls.self_signed && mode == Mode::Check) {
         problems.invalid(
             "tls.certs_dir",
             tls.certs_dir.display().to_string(),
@@ -523,11 +780,9 @@ fn load_certs(
     if !(tls.self_signed && mode == Mode::Check) {
         for route in routes {
             for host in &route.hosts {
-                let probe = match host {
-                    HostPattern::Exact(n) => n.clone(),
-                    HostPattern::Wildcard(s) => format!("portcullis-probe.{s}"),
-                };
-                if store.covering(&probe).is_none() {
+                let probe = route_probe(host);
+                let by_acme = tls.acme.as_ref().is_some_and(|a| a.manages(&probe));
+                if !by_acme && store.covering(&probe).is_none() {
                     problems.push(
                         format!("services.{}.hosts", route.name),
                         ProblemKind::Conflict {
@@ -542,4 +797,162 @@ fn load_certs(
         }
     }
     Some(store)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A config with two services and an empty certificate directory, with `acme` (and any extra tables) after
+    /// `[tls]`.
+    fn check(server_http: bool, acme: &str) -> Result<Snapshot, Vec<String>> {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let http = if server_http {
+            "http = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[server]\nhttps = \"127.0.0.1:0\"\n{http}\n[tls]\ncerts_dir = {certs:?}\n{acme}\n\
+             [services.a]\nupstream = \"http://127.0.0.1:1\"\nhosts = [\"a.example.com\"]\nbypass_auth = true\n\
+             [services.b]\nupstream = \"http://127.0.0.1:1\"\nhosts = [\"b.example.com\"]\nbypass_auth = true\n"
+        );
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        crate::config::load_with(&path, &|_| None, Mode::Check).map_err(|e| {
+            e.problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.kind))
+                .collect()
+        })
+    }
+
+    const OK: &str =
+        "[tls.acme]\ndirectory = \"https://acme.example.net/dir\"\ncontact = \"ops@example.com\"\n";
+
+    fn problems_with(server_http: bool, acme: &str) -> Vec<String> {
+        check(server_http, acme).expect_err("expected problems")
+    }
+
+    fn has(problems: &[String], path: &str, text: &str) -> bool {
+        problems
+            .iter()
+            .any(|p| p.starts_with(&format!("{path}: ")) && p.contains(text))
+    }
+
+    #[test]
+    fn acme_defaults_cover_exact_hosts_and_allow_an_empty_certs_dir() {
+        let snap = check(true, OK).expect("valid");
+        let acme = snap.tls.acme.as_ref().expect("acme settings");
+        let hosts: Vec<String> = acme.hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["a.example.com", "b.example.com"]);
+        assert_eq!(acme.challenge, ChallengeKind::Http01);
+        assert_eq!(acme.contact.as_uri(), "mailto:ops@example.com");
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 86_400));
+        assert_eq!(acme.retry_initial, Duration::from_secs(60));
+        assert_eq!(acme.retry_max, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn acme_bad_directory_url() {
+        for bad in [
+            "acme.example.net",
+            "http://acme.example.net/dir",
+            "https://",
+        ] {
+            let p = problems_with(
+                true,
+                &format!("[tls.acme]\ndirectory = {bad:?}\ncontact = \"ops@example.com\"\n"),
+            );
+            assert!(has(&p, "tls.acme.directory", "https://"), "{bad}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn acme_missing_contact() {
+        let p = problems_with(
+            true,
+            "[tls.acme]\ndirectory = \"https://acme.example.net/dir\"\n",
+        );
+        assert!(has(&p, "tls.acme.contact", "is required"), "{p:?}");
+        let p = problems_with(true, &OK.replace("ops@example.com", "nobody"));
+        assert!(has(&p, "tls.acme.contact", "e-mail"), "{p:?}");
+    }
+
+    const WILDCARD_SERVICE: &str =
+        "[services.w]\nupstream = \"http://127.0.0.1:1\"\nhosts = [\"*.w.example.com\"]\nbypass_auth = true\n";
+
+    #[test]
+    fn acme_wildcard_host_needs_dns_01() {
+        // By default only exact hosts are ordered, so the wildcard service needs a certificate of its own.
+        let p = problems_with(true, &format!("{OK}{WILDCARD_SERVICE}"));
+        assert!(has(&p, "services.w.hosts", "*.w.example.com"), "{p:?}");
+        let all = "hosts = [\"a.example.com\", \"b.example.com\", \"*.w.example.com\"]\n";
+        let p = problems_with(true, &format!("{OK}{all}{WILDCARD_SERVICE}"));
+        assert!(has(&p, "tls.acme.hosts.2", "dns-01"), "{p:?}");
+        let snap = check(
+            true,
+            &format!(
+                "{OK}{all}challenge = \"dns-01\"\ndns_hook = \"/bin/true\"\n{WILDCARD_SERVICE}"
+            ),
+        )
+        .expect("valid");
+        let acme = snap.tls.acme.unwrap();
+        assert!(acme.manages("x.w.example.com"));
+        assert_eq!(acme.dns_hook.unwrap().argv(), ["/bin/true"]);
+    }
+
+    #[test]
+    fn acme_dns_01_needs_a_hook() {
+        let p = problems_with(true, &format!("{OK}challenge = \"dns-01\"\n"));
+        assert!(has(&p, "tls.acme.dns_hook", "is required"), "{p:?}");
+        let p = problems_with(true, &format!("{OK}dns_hook = [\"/bin/true\"]\n"));
+        assert!(has(&p, "tls.acme.dns_hook", "only used with"), "{p:?}");
+    }
+
+    #[test]
+    fn acme_http_01_needs_the_http_listener() {
+        let p = problems_with(false, OK);
+        assert!(has(&p, "tls.acme.challenge", "server.http"), "{p:?}");
+        check(false, &format!("{OK}challenge = \"tls-alpn-01\"\n"))
+            .expect("tls-alpn-01 needs no http");
+    }
+
+    #[test]
+    fn acme_other_values() {
+        let p = problems_with(
+            true,
+            &format!("{OK}challenge = \"http-02\"\nhosts = [\"c.example.com\", \"a b\"]\nretry_initial_secs = 10\nretry_max_secs = 5\nca_file = \"/nonexistent/ca.pem\"\n"),
+        );
+        assert!(has(&p, "tls.acme.challenge", "http-02"), "{p:?}");
+        assert!(
+            has(&p, "tls.acme.hosts.0", "not a host of any service"),
+            "{p:?}"
+        );
+        assert!(has(&p, "tls.acme.hosts.1", "host name"), "{p:?}");
+        assert!(
+            has(&p, "tls.acme.retry_max_secs", "retry_initial_secs"),
+            "{p:?}"
+        );
+        assert!(has(&p, "tls.acme.ca_file", "nonexistent"), "{p:?}");
+    }
+
+    #[test]
+    fn without_acme_an_uncovered_host_is_still_rejected() {
+        let p = problems_with(true, "");
+        assert!(has(&p, "tls.certs_dir", "no certificate"), "{p:?}");
+    }
+
+    #[test]
+    fn acme_hosts_are_exempt_from_coverage_but_others_are_not() {
+        let p = problems_with(true, &format!("{OK}hosts = [\"a.example.com\"]\n"));
+        assert!(has(&p, "services.b.hosts", "no certificate"), "{p:?}");
+        assert!(
+            !p.iter().any(|x| x.starts_with("services.a.hosts")),
+            "{p:?}"
+        );
+    }
 }

@@ -41,12 +41,30 @@ pub(crate) async fn handle(
             r
         }
         (Plain::Admin, _) => plain(StatusCode::NOT_FOUND, "not found\n"),
-        (Plain::Redirect, p) if p.starts_with("/.well-known/acme-challenge/") => {
-            plain(StatusCode::NOT_FOUND, "no acme challenge pending\n")
+        (Plain::Redirect, p) if p.starts_with(ACME_CHALLENGE_PREFIX) => {
+            acme_challenge(&shared, &p[ACME_CHALLENGE_PREFIX.len()..])
         }
         (Plain::Redirect, _) => redirect_to_https(&req, https_port),
     };
     Ok(resp)
+}
+
+/// Where HTTP-01 responses live (RFC 8555 §8.3).
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization for a pending HTTP-01 token, as `application/octet-stream` (RFC 8555 §8.3).
+fn acme_challenge(shared: &Shared, token: &str) -> Response<Full<Bytes>> {
+    match shared.acme.http_response(token) {
+        Some(key_authorization) => {
+            let mut r = Response::new(Full::new(Bytes::from(key_authorization)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        None => plain(StatusCode::NOT_FOUND, "no acme challenge pending\n"),
+    }
 }
 
 /// 308 keeps the method and body (RFC 9110 §15.4.9), so a POST is not turned into a GET.

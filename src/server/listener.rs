@@ -179,6 +179,13 @@ pub(crate) async fn accept_tls(
                     return;
                 }
             };
+            if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // RFC 8737 §3: a validation handshake carries no application data; close it.
+                tracing::debug!(client.addr = %peer, "tls-alpn-01 validation handshake answered");
+                let mut tls = tls;
+                let _ = tokio::time::timeout(handshake_timeout, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+                return;
+            }
             let sni = tls.get_ref().1.server_name().map(str::to_owned);
             let cert = ctx2.shared.snapshot.load().certs.find(sni.as_deref());
             let info = Arc::new(ConnInfo { peer, sni, cert });

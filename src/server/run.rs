@@ -13,12 +13,19 @@ use tokio_util::task::TaskTracker;
 use super::listener::{accept_plain, accept_tls, Ctx, Listeners, Plain};
 use crate::state::Shared;
 
-/// Picks the certificate by SNI from the snapshot in force, so reloaded certificates are used by new handshakes.
+/// Picks the certificate by SNI from the snapshot in force, so reloaded certificates are used by new handshakes;
+/// a TLS-ALPN-01 validator (ALPN `acme-tls/1`) gets the pending challenge certificate for its SNI or nothing.
 #[derive(Debug)]
 pub struct SniResolver(pub Arc<Shared>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == crate::tls::ACME_TLS_ALPN))
+        {
+            return self.0.acme.tls_alpn_certificate(hello.server_name());
+        }
         let snap = self.0.snapshot.load();
         snap.certs
             .find(hello.server_name())
@@ -67,6 +74,9 @@ pub async fn run(
     }
     if shared.snapshot.load().watch {
         loops.spawn(super::watch::watch(Arc::clone(&shared), stop.clone()));
+    }
+    if shared.snapshot.load().tls.acme.is_some() {
+        loops.spawn(crate::acme::run(Arc::clone(&shared), stop.clone()));
     }
     shared.ready.store(true, Ordering::Release);
     tracing::info!(config.hash = %shared.snapshot.load().hash, "serving");
