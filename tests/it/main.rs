@@ -11,6 +11,7 @@ mod configs;
 mod drain;
 mod harness;
 mod headers;
+mod idp;
 mod listeners;
 mod protocols;
 mod reload;
