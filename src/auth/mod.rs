@@ -14,6 +14,7 @@ mod jwks;
 mod jwt;
 mod path;
 mod policy;
+mod session;
 mod settings;
 #[cfg(test)]
 mod tests;

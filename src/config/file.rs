@@ -24,6 +24,10 @@ pub struct FileConfig {
     /// Token issuers and JWKS cache settings.
     #[serde(default)]
     pub auth: FileAuth,
+    /// Browser sign-in through an OpenID Connect provider.
+    pub oidc: Option<FileOidc>,
+    /// Browser sessions.
+    pub session: Option<FileSession>,
     /// The built-in echo backend of the demo.
     pub demo: Option<FileDemo>,
     /// Services by name.
@@ -270,4 +274,62 @@ pub struct FileJwks {
     pub fetch_timeout_secs: Option<u64>,
     /// Largest accepted JWKS or discovery document.
     pub max_bytes: Option<u64>,
+}
+
+/// `[oidc]`: the relying party for browser sign-in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOidc {
+    /// The provider's issuer URL (discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: Option<String>,
+    /// Name of this issuer for services' `issuers = [...]` (default `oidc`).
+    pub name: Option<String>,
+    /// The client id registered at the provider.
+    pub client_id: Option<String>,
+    /// The client secret.
+    pub client_secret: Option<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<String>,
+    /// Scopes requested (default `openid profile email groups`).
+    pub scopes: Option<Vec<String>>,
+    /// `auto` (default), `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`.
+    pub token_endpoint_auth_method: Option<String>,
+    /// PEM private key for `private_key_jwt`.
+    pub private_key_file: Option<String>,
+    /// Signing algorithm of the `private_key_jwt` assertion (default RS256 for RSA keys, ES256 for EC keys).
+    pub private_key_algorithm: Option<String>,
+    /// Host of the sign-in portal (default `auth.<domain>`).
+    pub portal: Option<String>,
+    /// Cookie domains: one per root domain (default `[domain]`).
+    pub cookie_domains: Option<Vec<String>>,
+    /// Merge the userinfo endpoint's claims into the session (default true).
+    pub userinfo: Option<bool>,
+    /// Dotted path of the groups claim (default `groups`).
+    pub groups_claim: Option<String>,
+    /// Claim used as the user name (default `preferred_username`, then `sub`).
+    pub username_claim: Option<String>,
+    /// Clock leeway for ID token times (default 60).
+    pub leeway_secs: Option<u64>,
+    /// Extra CA certificates (PEM) for reaching the provider.
+    pub ca_file: Option<String>,
+}
+
+/// `[session]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSession {
+    /// Key (at least 32 bytes) that signs session cookies and encrypts sign-in state; share it between replicas.
+    pub secret: Option<String>,
+    /// File holding the key.
+    pub secret_file: Option<String>,
+    /// `memory` (default) or `redis://host:port/db` to share sessions between replicas.
+    pub store: Option<String>,
+    /// Session cookie name (default `_portcullis`).
+    pub cookie_name: Option<String>,
+    /// A session unused this long ends (default 43200).
+    pub idle_timeout_secs: Option<u64>,
+    /// A session ends this long after sign-in, used or not (default 604800).
+    pub max_lifetime_secs: Option<u64>,
+    /// Claims are re-read from the provider (refresh) at least this often (default 300).
+    pub refresh_secs: Option<u64>,
 }
