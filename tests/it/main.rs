@@ -5,12 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod bearer;
 mod cli;
 mod config_errors;
 mod configs;
 mod drain;
 mod harness;
 mod headers;
+mod idp_keys;
 mod listeners;
 mod protocols;
 mod reload;
