@@ -38,7 +38,8 @@ impl fmt::Display for Secret {
 
 /// Resolves a secret given inline as `key` or as a path in `key_file` (relative to `base_dir`).
 ///
-/// Both set is a conflict; a file that cannot be read or is empty is a problem naming it. One trailing newline
+/// Both set is a conflict; an empty inline value (for example `${VAR:-}` with `VAR` unset) and a file that cannot
+/// be read or is empty are problems naming the key. One trailing newline
 /// is removed from file contents, as `echo secret > file` writes one. `Ok(None)` when neither is set.
 pub fn resolve_secret(
     inline: Option<&str>,
@@ -55,6 +56,11 @@ pub fn resolve_secret(
                     reason: format!("set either `{key_path}` or `{key_path}_file`, not both"),
                 },
             );
+            None
+        }
+        (Some(""), None) => {
+            // An empty secret would only fail later, under traffic, at the identity provider.
+            problems.invalid(key_path, "", "must not be empty");
             None
         }
         (Some(value), None) => Some(Secret::new(value)),
@@ -120,6 +126,19 @@ mod tests {
         let msg = p.iter().next().map(|p| p.to_string()).unwrap_or_default();
         assert!(
             msg.contains("x.client_secret_file") && msg.contains("nope"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn issue_3_empty_inline_secret_is_refused() {
+        let mut p = Problems::default();
+        assert!(
+            resolve_secret(Some(""), None, "x.client_secret", Path::new("."), &mut p).is_none()
+        );
+        let msg = p.iter().next().map(|p| p.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("x.client_secret") && msg.contains("empty"),
             "{msg}"
         );
     }

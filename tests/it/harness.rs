@@ -185,6 +185,8 @@ pub(crate) struct Config {
     pub(crate) server: Vec<String>,
     /// Whether `server.watch` is on.
     pub(crate) watch: bool,
+    /// Extra top-level TOML (e.g. `[[auth.issuers]]`), written after `[tls]` and before the services.
+    pub(crate) top_level: Vec<String>,
 }
 
 impl Config {
@@ -218,6 +220,11 @@ impl Config {
             "\n[tls]\ncerts_dir = {:?}\n",
             certs_dir.display().to_string()
         ));
+        for block in &self.top_level {
+            out.push('\n');
+            out.push_str(block);
+            out.push('\n');
+        }
         for (name, body) in &self.services {
             out.push_str(&format!("\n[services.{name}]\n{body}\n"));
         }
@@ -241,6 +248,7 @@ impl TestGateway {
                 services: Vec::new(),
                 server: Vec::new(),
                 watch: false,
+                top_level: Vec::new(),
             },
             certificates: Vec::new(),
         }
@@ -255,6 +263,12 @@ impl TestGateway {
     /// Adds a line to `[server]`.
     pub(crate) fn server(mut self, line: &str) -> Self {
         self.config.server.push(line.to_owned());
+        self
+    }
+
+    /// Adds top-level TOML such as `[[auth.issuers]]` or `[auth.jwks]` tables.
+    pub(crate) fn top_level(mut self, toml: &str) -> Self {
+        self.config.top_level.push(toml.to_owned());
         self
     }
 

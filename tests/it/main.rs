@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod bearer;
 mod cli;
 mod config_errors;
 mod configs;
@@ -12,6 +13,7 @@ mod drain;
 mod harness;
 mod headers;
 mod idp;
+mod idp_keys;
 mod listeners;
 mod protocols;
 mod reload;
