@@ -8,6 +8,7 @@ mod acme;
 mod cli;
 mod config_errors;
 mod configs;
+mod deploy;
 mod drain;
 mod harness;
 mod headers;
