@@ -9,10 +9,12 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;
 

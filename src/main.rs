@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use portcullis::config::{self, Mode, Snapshot};
+use portcullis::config::{self, Mode, Snapshot, Summary};
 use portcullis::telemetry::{self, LogFormat};
-use portcullis::{Listeners, Shared};
+use portcullis::{systemd, Listeners, Shared};
 
 /// The bundled demo configuration, used by `run` without `--config`.
 const DEMO_CONFIG: &str = "config/demo.toml";
@@ -48,6 +48,19 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, env = "PORTCULLIS_CONFIG", default_value = DEMO_CONFIG)]
         config: PathBuf,
+        /// Instead of the table, print what loading this file into a running instance would change; the
+        /// instance's admin listener, e.g. `http://127.0.0.1:9090` (its `/config` is fetched).
+        #[arg(long, value_name = "ADMIN_URL")]
+        against: Option<String>,
+    },
+    /// Probe the admin listener's readiness: exit 0 when it answers 200, 1 otherwise (container health checks).
+    Healthcheck {
+        /// URL to probe; default: `/readyz` on `server.admin` of --config, else http://127.0.0.1:9090/readyz.
+        #[arg(long)]
+        url: Option<String>,
+        /// Configuration file whose `server.admin` is probed when --url is not given.
+        #[arg(long, short, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Run the echo backend alone (the demo's and tests' upstream).
     Echo {
@@ -74,7 +87,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check { config } => return check(&config),
+        Command::Check {
+            config,
+            against: None,
+        } => return check(&config),
+        Command::Check {
+            config,
+            against: Some(url),
+        } => return runtime.block_on(check_against(&config, &url)),
+        Command::Healthcheck { url, config } => {
+            return runtime.block_on(healthcheck(url, config.as_deref()))
+        }
         Command::Run { config } => {
             runtime.block_on(serve(config.unwrap_or_else(|| PathBuf::from(DEMO_CONFIG))))
         }
@@ -102,6 +125,143 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long `healthcheck` and `check --against` wait for the admin listener.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The readiness URL probed when neither --url nor a config with `server.admin` is given.
+const DEFAULT_HEALTHCHECK_URL: &str = "http://127.0.0.1:9090/readyz";
+
+async fn healthcheck(url: Option<String>, config: Option<&Path>) -> ExitCode {
+    let url = match (url, config) {
+        (Some(url), _) => url,
+        (None, Some(path)) => match admin_url_from(path) {
+            Ok(base) => format!("{base}/readyz"),
+            Err(e) => {
+                eprintln!("unhealthy: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => DEFAULT_HEALTHCHECK_URL.to_owned(),
+    };
+    match portcullis::probe::get(&url, PROBE_TIMEOUT).await {
+        Ok((status, _)) if status == http::StatusCode::OK => {
+            println!("healthy: {url} answered {status}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, _)) => {
+            eprintln!("unhealthy: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `http://ip:port` of the file's admin listener, reading only `server.admin` (with `${VAR}` substitution), so
+/// a health check does not depend on certificates or secret files being readable.
+fn admin_url_from(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut problems = config::Problems::default();
+    let file = config::source::parse(&text, &|n| std::env::var(n).ok(), &mut problems)
+        .with_context(|| format!("{} is not a valid configuration file", path.display()))?;
+    let admin = file.server.admin.with_context(|| {
+        format!(
+            "{} has no admin listener (server.admin); pass --url",
+            path.display()
+        )
+    })?;
+    let mut addr: std::net::SocketAddr = admin.parse().with_context(|| {
+        format!(
+            "server.admin = {admin:?} in {} is not ip:port",
+            path.display()
+        )
+    })?;
+    // A wildcard listener is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(format!("http://{addr}"))
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// `check --against`: validates the file, fetches the running instance's `/config` and prints the difference.
+async fn check_against(path: &Path, admin: &str) -> ExitCode {
+    let candidate = match config::load_with(path, &|n| std::env::var(n).ok(), Mode::Check) {
+        Ok(snapshot) => Summary::of(&snapshot),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = if admin.trim_end_matches('/').ends_with("/config") {
+        admin.to_owned()
+    } else {
+        format!("{}/config", admin.trim_end_matches('/'))
+    };
+    let running: Summary = match portcullis::probe::get(&url, PROBE_TIMEOUT).await {
+        Ok((status, body)) if status == http::StatusCode::OK => {
+            match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{url} did not answer with a configuration summary: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Ok((status, _)) => {
+            eprintln!("{url} answered {status}: is this a portcullis admin listener?");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!(
+                "cannot fetch the running configuration: {}",
+                error_chain(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "running     {} (sha256 {}) at {url}",
+        running.source, running.hash
+    );
+    println!("candidate   {} (sha256 {})", path.display(), candidate.hash);
+    let changes = running.diff(&candidate);
+    if changes.is_empty() {
+        if running.hash == candidate.hash {
+            println!("no changes: the candidate is the running file");
+        } else {
+            println!("no changes to services, hosts, upstreams or policies");
+        }
+    } else {
+        for change in &changes {
+            println!("{change}");
+        }
+        println!(
+            "{} change{}; a reload (SIGHUP, or the file watcher) would apply them",
+            changes.len(),
+            if changes.len() == 1 { "" } else { "s" }
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// The effective settings and the routing table, for `check` and the start-up log.
@@ -250,12 +410,33 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     }
     let shared = Shared::new(snapshot, path);
     spawn_sighup(Arc::clone(&shared))?;
-    let report = portcullis::run(listeners, shared, shutdown_signal()).await?;
+    tokio::spawn({
+        let shared = Arc::clone(&shared);
+        async move {
+            shared.wait_ready().await;
+            systemd::ready(&serving_status(&shared));
+        }
+    });
+    let report = portcullis::run(listeners, shared, async {
+        shutdown_signal().await;
+        systemd::stopping();
+    })
+    .await?;
     stop_echo.cancel();
     if !report.drained {
         anyhow::bail!("shutdown grace period (server.shutdown_grace_secs) ended before every connection finished");
     }
     Ok(())
+}
+
+/// The service manager's status line while serving.
+fn serving_status(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    format!(
+        "serving {} services, config sha256 {}",
+        snap.routes.len(),
+        snap.hash
+    )
 }
 
 fn spawn_sighup(shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -266,7 +447,16 @@ fn spawn_sighup(shared: Arc<Shared>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = shared.reload().await;
+                systemd::reloading();
+                let status = match shared.reload().await {
+                    Ok(_) => serving_status(&shared),
+                    Err(_) => format!(
+                        "{}; last reload rejected (see the log)",
+                        serving_status(&shared)
+                    ),
+                };
+                // The previous snapshot keeps serving after a rejected reload, so the service is ready either way.
+                systemd::ready(&status);
             }
         });
     }

@@ -4,7 +4,6 @@
 //! Reload never runs on the request path: it is driven by SIGHUP or the file watcher.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -22,8 +21,8 @@ pub struct Shared {
     pub auth: Authenticator,
     /// Metric handles.
     pub metrics: Metrics,
-    /// Whether listeners are bound and serving.
-    pub ready: AtomicBool,
+    /// Whether listeners are bound and serving; observable so `main` can tell a service manager.
+    ready: tokio::sync::watch::Sender<bool>,
     /// Upgraded connections (WebSockets) being tunnelled, drained on shutdown.
     pub tunnels: tokio_util::task::TaskTracker,
     /// ACME challenge responses in flight (HTTP-01 tokens, TLS-ALPN-01 certificates).
@@ -50,7 +49,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth: Authenticator::new(),
             metrics: Metrics::new(),
-            ready: AtomicBool::new(false),
+            ready: tokio::sync::watch::Sender::new(false),
             tunnels: tokio_util::task::TaskTracker::new(),
             acme: crate::acme::Challenges::default(),
             config_path,
@@ -107,6 +106,18 @@ impl Shared {
 
     /// Whether `/readyz` answers ready.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.borrow()
+    }
+
+    /// Marks the server ready (listeners serving) or not (draining).
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// Completes once the server is ready (at once if it already is); for readiness notifications.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 }

@@ -1,7 +1,8 @@
-//! The plain-HTTP services: the admin listener (`/healthz`, `/readyz`, `/metrics`) and the HTTP listener, which
-//! redirects everything to HTTPS except health checks and ACME HTTP-01 challenges.
+//! The plain-HTTP services: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`) and the HTTP
+//! listener, which redirects everything to HTTPS except health checks and ACME HTTP-01 challenges.
 //!
-//! Nothing here proxies or authenticates.
+//! Nothing here proxies or authenticates; `/config` shows the running configuration without secrets, and only
+//! on the admin listener, which operators keep off public networks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::listener::Plain;
+use crate::config::Summary;
 use crate::error::plain;
 use crate::router::Host;
 use crate::state::Shared;
@@ -40,6 +42,7 @@ pub(crate) async fn handle(
             );
             r
         }
+        (Plain::Admin, "/config") => config_summary(&shared),
         (Plain::Admin, _) => plain(StatusCode::NOT_FOUND, "not found\n"),
         (Plain::Redirect, p) if p.starts_with(ACME_CHALLENGE_PREFIX) => {
             acme_challenge(&shared, &p[ACME_CHALLENGE_PREFIX.len()..])
@@ -47,6 +50,25 @@ pub(crate) async fn handle(
         (Plain::Redirect, _) => redirect_to_https(&req, https_port),
     };
     Ok(resp)
+}
+
+/// The running snapshot's [`Summary`] as JSON, for `portcullis check --against`.
+fn config_summary(shared: &Shared) -> Response<Full<Bytes>> {
+    let summary = Summary::of(&shared.snapshot.load());
+    match serde_json::to_vec_pretty(&summary) {
+        Ok(json) => {
+            let mut r = Response::new(Full::new(Bytes::from(json)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize the configuration summary");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
 }
 
 /// Where HTTP-01 responses live (RFC 8555 §8.3).

@@ -2,7 +2,6 @@
 //! accepting, drains open connections and tunnels for at most `server.shutdown_grace_secs`, and reports.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -78,11 +77,11 @@ pub async fn run(
     if shared.snapshot.load().tls.acme.is_some() {
         loops.spawn(crate::acme::run(Arc::clone(&shared), stop.clone()));
     }
-    shared.ready.store(true, Ordering::Release);
+    shared.set_ready(true);
     tracing::info!(config.hash = %shared.snapshot.load().hash, "serving");
 
     shutdown.await;
-    shared.ready.store(false, Ordering::Release);
+    shared.set_ready(false);
     let grace = shared.snapshot.load().shutdown_grace;
     tracing::info!(
         grace_secs = grace.as_secs(),

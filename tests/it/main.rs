@@ -9,6 +9,7 @@ mod bearer;
 mod cli;
 mod config_errors;
 mod configs;
+mod deploy;
 mod drain;
 mod harness;
 mod headers;
