@@ -23,6 +23,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Whether listeners are bound and serving; observable so `main` can tell a service manager.
     ready: tokio::sync::watch::Sender<bool>,
+    /// The bound HTTPS port, for URLs shown to browsers (0 until `run` binds).
+    https_port: std::sync::atomic::AtomicU16,
     /// Upgraded connections (WebSockets) being tunnelled, drained on shutdown.
     pub tunnels: tokio_util::task::TaskTracker,
     /// ACME challenge responses in flight (HTTP-01 tokens, TLS-ALPN-01 certificates).
@@ -50,6 +52,7 @@ impl Shared {
             auth: Authenticator::new(),
             metrics: Metrics::new(),
             ready: tokio::sync::watch::Sender::new(false),
+            https_port: std::sync::atomic::AtomicU16::new(443),
             tunnels: tokio_util::task::TaskTracker::new(),
             acme: crate::acme::Challenges::default(),
             config_path,
@@ -102,6 +105,17 @@ impl Shared {
                 Err(e.into())
             }
         }
+    }
+
+    /// The bound HTTPS port (443 until the server runs).
+    pub fn https_port(&self) -> u16 {
+        self.https_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the bound HTTPS port.
+    pub(crate) fn set_https_port(&self, port: u16) {
+        self.https_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `/readyz` answers ready.

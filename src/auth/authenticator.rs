@@ -75,16 +75,26 @@ impl Default for AuthenticatorOptions {
 /// Long-lived caches and the HTTP client used to reach issuers. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct Authenticator {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     client: HttpClient,
     clock: Arc<dyn Clock>,
     keys: moka::future::Cache<String, Arc<KeySnapshot>>,
     /// `None` when disabled (capacity 0).
     verified: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
     introspected: moka::future::Cache<[u8; 32], Arc<Introspected>>,
+    /// Discovery documents of sign-in providers, by issuer URL.
+    pub(super) providers: moka::future::Cache<String, Arc<super::oidc::Provider>>,
+    /// The in-process session store (kept across reloads).
+    pub(super) memory_sessions: Arc<super::session::MemoryStore>,
+    /// Open session stores by configuration.
+    pub(super) stores: std::sync::Mutex<
+        std::collections::HashMap<super::session::StoreSpec, super::session::Store>,
+    >,
+    /// Refreshes in flight by session id, so concurrent requests of one browser share one refresh.
+    pub(super) refreshes: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// A token whose signature was checked.
@@ -166,11 +176,21 @@ impl Authenticator {
                     .max_capacity(o.introspection_cache_capacity)
                     .expire_after(IntrospectedExpiry)
                     .build(),
+                providers: moka::future::Cache::builder()
+                    .max_capacity(64)
+                    .time_to_live(Duration::from_secs(3600))
+                    .build(),
+                memory_sessions: Arc::default(),
+                stores: std::sync::Mutex::default(),
+                refreshes: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_idle(Duration::from_secs(60))
+                    .build(),
             }),
         }
     }
 
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.inner.clock.now()
     }
 
@@ -258,8 +278,13 @@ impl Authenticator {
                 service: policy.name.clone(),
             });
         }
-        let token = bearer(headers)?;
-        let identity = self.authenticate(auth, policy, token).await?;
+        let identity = match (bearer(headers), auth.oidc.as_deref()) {
+            (Ok(token), _) => self.authenticate(auth, policy, token).await?,
+            (Err(AuthError::NoCredentials), Some(oidc)) => {
+                self.session_identity(auth, oidc, policy, headers).await?
+            }
+            (Err(e), _) => return Err(e),
+        };
         for (rule, access) in needs {
             access
                 .check(&identity)
@@ -404,7 +429,7 @@ impl Authenticator {
     /// Keys for `kid`, fetching per the cache rules: cold fetch; refresh when stale (serving the last good keys
     /// while the issuer is down, up to `max_stale`); background refresh near expiry; one refetch per cooldown
     /// for an unknown `kid`.
-    async fn public_keys(
+    pub(super) async fn public_keys(
         &self,
         auth: &AuthSettings,
         issuer: &Arc<Issuer>,

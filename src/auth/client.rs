@@ -104,6 +104,38 @@ impl HttpClient {
             .map_err(|_| FetchError::Timeout)?
     }
 
+    /// Sends `req` and returns the whole answer whatever its status (for OAuth endpoints, whose error bodies
+    /// carry `error` and `error_description`). Redirects are returned, never followed.
+    ///
+    /// # Errors
+    /// Timeout, transport errors, bodies over `max_bytes`.
+    pub(crate) async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<http::Response<Vec<u8>>, FetchError> {
+        let work = async {
+            let resp = self.inner.request(req).await.map_err(FetchError::Request)?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, max_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        FetchError::TooLarge { limit: max_bytes }
+                    } else {
+                        FetchError::Body(e)
+                    }
+                })?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body.to_vec()))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| FetchError::Timeout)?
+    }
+
     /// A GET for JSON.
     pub(crate) async fn get(
         &self,

@@ -41,6 +41,12 @@ pub enum AuthError {
         /// The service.
         service: String,
     },
+    /// No Bearer token and no valid browser session, on a service where browsers can sign in.
+    #[error("no bearer token and no valid session")]
+    SignInRequired,
+    /// The session store cannot be reached: sessions cannot be checked (Bearer tokens still work).
+    #[error("session store unavailable")]
+    SessionStore(#[source] super::session::StoreError),
     /// The issuer's keys (or introspection endpoint) cannot be had and no usable cached keys remain.
     #[error("issuer {issuer} is unavailable")]
     IssuerUnavailable {
@@ -61,7 +67,9 @@ impl AuthError {
             // Not configured: nobody can authenticate, so the caller is unauthenticated (fail closed).
             AuthError::NoCredentials
             | AuthError::InvalidToken { .. }
-            | AuthError::NotConfigured { .. } => StatusCode::UNAUTHORIZED,
+            | AuthError::NotConfigured { .. }
+            | AuthError::SignInRequired => StatusCode::UNAUTHORIZED,
+            AuthError::SessionStore(_) => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AuthError::BadPath { .. } => StatusCode::BAD_REQUEST,
             AuthError::IssuerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -73,7 +81,9 @@ impl AuthError {
     /// otherwise. `None` for other statuses.
     pub fn www_authenticate(&self) -> Option<HeaderValue> {
         match self {
-            AuthError::NoCredentials | AuthError::NotConfigured { .. } => {
+            AuthError::NoCredentials
+            | AuthError::NotConfigured { .. }
+            | AuthError::SignInRequired => {
                 Some(HeaderValue::from_static(r#"Bearer realm="portcullis""#))
             }
             AuthError::InvalidToken { reason, .. } => Some(HeaderValue::from_static(
@@ -85,6 +95,7 @@ impl AuthError {
             )),
             AuthError::Forbidden { .. }
             | AuthError::BadPath { .. }
+            | AuthError::SessionStore(_)
             | AuthError::IssuerUnavailable { .. } => None,
         }
     }
@@ -98,6 +109,8 @@ impl AuthError {
             AuthError::BadPath { .. } => "bad_path",
             AuthError::NotConfigured { .. } => "not_configured",
             AuthError::IssuerUnavailable { .. } => "issuer_unavailable",
+            AuthError::SignInRequired => "sign_in_required",
+            AuthError::SessionStore(_) => "session_store",
         }
     }
 }
@@ -182,6 +195,9 @@ pub enum DenyReason {
         /// The claim path as configured.
         claim: String,
     },
+    /// The browser session comes from an issuer this service does not list in `issuers`.
+    #[error("the session's issuer is not trusted by this service")]
+    SessionIssuerNotTrusted,
 }
 
 impl DenyReason {
@@ -191,6 +207,7 @@ impl DenyReason {
             DenyReason::DenyRule => "deny_rule",
             DenyReason::NotAllowed => "not_allowed",
             DenyReason::ClaimMismatch { .. } => "claim_mismatch",
+            DenyReason::SessionIssuerNotTrusted => "session_issuer_not_trusted",
         }
     }
 }

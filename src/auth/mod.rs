@@ -12,10 +12,13 @@ mod error;
 mod identity;
 mod jwks;
 mod jwt;
+mod oidc;
 mod path;
 mod policy;
+mod portal;
 mod session;
 mod settings;
+mod signin;
 #[cfg(test)]
 mod tests;
 
@@ -23,5 +26,10 @@ pub use authenticator::{Authenticator, AuthenticatorOptions, Clock, SystemClock}
 pub use claims::ClaimPath;
 pub use error::{AuthError, DenyReason, FetchError, PathRejection, TokenRejection};
 pub use identity::{apply_identity, Identity, Permit};
+pub use oidc::{build_oidc, OidcError, OidcSettings};
 pub use policy::{build_service_policy, RuleRef, ServicePolicy};
+pub use portal::{
+    is_allowed_redirect, is_browser, sign_in_redirect, sign_in_url, PortalContext, PortalResponse,
+};
+pub use session::StoreError;
 pub use settings::{build_auth, AuthSettings, Issuer, JwksTuning};

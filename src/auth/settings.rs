@@ -43,6 +43,8 @@ pub(crate) const DEFAULT_INTROSPECTION_CACHE_SECS: u64 = 60;
 pub struct AuthSettings {
     pub(crate) issuers: Vec<Arc<Issuer>>,
     pub(crate) jwks: JwksTuning,
+    /// Browser sign-in, when `[oidc]` is configured.
+    pub(crate) oidc: Option<Arc<super::oidc::OidcSettings>>,
 }
 
 impl AuthSettings {
@@ -54,6 +56,11 @@ impl AuthSettings {
     /// The issuers, in configuration order.
     pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {
         self.issuers.iter().map(|i| &**i)
+    }
+
+    /// Browser sign-in settings, when configured.
+    pub fn oidc(&self) -> Option<&super::oidc::OidcSettings> {
+        self.oidc.as_deref()
     }
 
     /// The JWKS cache tuning.
@@ -219,7 +226,11 @@ pub fn build_auth(file: &FileAuth, base_dir: &Path, problems: &mut Problems) -> 
             issuers.push(Arc::new(issuer));
         }
     }
-    AuthSettings { issuers, jwks }
+    AuthSettings {
+        issuers,
+        jwks,
+        oidc: None,
+    }
 }
 
 fn build_jwks(f: &FileJwks, problems: &mut Problems) -> JwksTuning {
@@ -282,7 +293,7 @@ fn parse_url(s: &str, path: &str, problems: &mut Problems) -> Option<Uri> {
     }
 }
 
-fn build_issuer(
+pub(crate) fn build_issuer(
     f: &FileIssuer,
     path: &str,
     base_dir: &Path,

@@ -107,7 +107,15 @@ pub fn build(
         .and_then(|d| d.echo.as_deref())
         .and_then(|a| socket_addr(a, "demo.echo", problems));
 
-    let auth = crate::auth::build_auth(&file.auth, Path::new(""), problems);
+    let mut auth = crate::auth::build_auth(&file.auth, Path::new(""), problems);
+    crate::auth::build_oidc(
+        file.oidc.as_ref(),
+        file.session.as_ref(),
+        domain.as_deref(),
+        Path::new(""),
+        &mut auth,
+        problems,
+    );
 
     if file.services.is_empty() {
         problems.push(

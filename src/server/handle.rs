@@ -11,8 +11,9 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use super::access::{AccessRecord, LoggedBody};
+use super::access::{AccessRecord, InnerBody, LoggedBody};
 use super::listener::ConnInfo;
+use crate::auth::{sign_in_redirect, AuthError, PortalContext};
 use crate::error::{respond, RequestError};
 use crate::metrics::{ServiceKindLabels, ServiceLabel};
 use crate::proxy::{self, Peer};
@@ -21,6 +22,9 @@ use crate::state::Shared;
 
 /// The service name used in logs and metrics for requests that matched no service.
 const NO_SERVICE: &str = "-";
+
+/// The service name in logs and metrics for the sign-in portal.
+const PORTAL_SERVICE: &str = "portal";
 
 /// Longest `X-Request-Id` accepted from a client; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -54,7 +58,7 @@ pub(crate) async fn handle(
     };
     let result = route_and_forward(req, raw_host, &conn, &shared, &request_id, &mut record).await;
     let mut resp = match result {
-        Ok(resp) => resp.map(Either::Left),
+        Ok(resp) => resp,
         Err(err) => {
             record.error = Some(err.reason());
             log_error(&err, &record, &shared);
@@ -74,11 +78,32 @@ async fn route_and_forward(
     shared: &Shared,
     request_id: &HeaderValue,
     record: &mut AccessRecord,
-) -> Result<Response<Incoming>, RequestError> {
+) -> Result<Response<InnerBody>, RequestError> {
     let snap = shared.snapshot.load_full();
     let raw_host = raw_host.ok_or(RequestError::MissingHost)?;
     let host = Host::parse(raw_host.to_str().map_err(|_| RequestError::MissingHost)?)?;
     record.host = host.as_str().into();
+    if let Some(o) = snap.auth.oidc() {
+        if host.as_str() == o.portal() || req.uri().path() == "/oauth2/handoff" {
+            if let Some(cert) = &conn.cert {
+                if !cert.covers(host.as_str()) {
+                    return Err(RequestError::Misdirected {
+                        host: host.to_string(),
+                        sni: conn.sni.clone(),
+                    });
+                }
+            }
+            record.service = Arc::from(PORTAL_SERVICE);
+            let router = &snap.router;
+            let is_service_host = |h: &str| router.lookup(h).is_some();
+            let ctx = PortalContext {
+                https_port: shared.https_port(),
+                is_service_host: &is_service_host,
+            };
+            let resp = shared.auth.portal(&snap.auth, req, &ctx).await;
+            return Ok(resp.map(Either::Right));
+        }
+    }
     let route = snap
         .router
         .lookup(host.as_str())
@@ -125,7 +150,32 @@ async fn route_and_forward(
             kind,
         })
         .inc();
-    let permit = decision?;
+    let permit = match decision {
+        Ok(p) => p,
+        Err(AuthError::SignInRequired) => {
+            let original = format!(
+                "https://{}{}",
+                raw_host.to_str().unwrap_or_default(),
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            match sign_in_redirect(
+                &snap.auth,
+                req.method(),
+                req.headers(),
+                &original,
+                shared.https_port(),
+            ) {
+                Some(r) => return Ok(r.map(Either::Right)),
+                None => return Err(RequestError::Auth(AuthError::SignInRequired)),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut req = req;
+    if let Some(o) = snap.auth.oidc() {
+        // The session cookie is the gateway's; the backend never sees it.
+        o.strip_cookies(req.headers_mut());
+    }
     let peer = Peer {
         ip: conn.peer.ip(),
         trusted: snap.trusted_proxies.is_trusted(conn.peer.ip()),
@@ -140,7 +190,8 @@ async fn route_and_forward(
         request_id,
         &shared.tunnels,
     )
-    .await?)
+    .await?
+    .map(Either::Left))
 }
 
 /// The host the client addressed: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.

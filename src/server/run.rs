@@ -57,6 +57,7 @@ pub async fn run(
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(443);
+    shared.set_https_port(https_port);
     let ctx = Ctx {
         shared: Arc::clone(&shared),
         stop: stop.clone(),
