@@ -48,6 +48,10 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, env = "PORTCULLIS_CONFIG", default_value = DEMO_CONFIG)]
         config: PathBuf,
+        /// Also fetch the OpenID provider's discovery document and key set and report what would make sign-in
+        /// fail (issuer mismatch, unsupported auth method, scopes or claims, unreachable endpoints).
+        #[arg(long)]
+        online: bool,
         /// Instead of the table, print what loading this file into a running instance would change; the
         /// instance's admin listener, e.g. `http://127.0.0.1:9090` (its `/config` is fetched).
         #[arg(long, value_name = "ADMIN_URL")]
@@ -89,11 +93,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check {
             config,
+            online,
             against: None,
-        } => return check(&config),
+        } => return runtime.block_on(check(&config, online)),
         Command::Check {
             config,
             against: Some(url),
+            ..
         } => return runtime.block_on(check_against(&config, &url)),
         Command::Healthcheck { url, config } => {
             return runtime.block_on(healthcheck(url, config.as_deref()))
@@ -113,11 +119,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+async fn check(path: &Path, online: bool) -> ExitCode {
     match config::load_with(path, &|n| std::env::var(n).ok(), Mode::Check) {
         Ok(snapshot) => {
             print!("{}", describe(&snapshot));
             println!("\n{} is valid", path.display());
+            if online {
+                let Some(o) = snapshot.auth.oidc() else {
+                    println!("--online: no [oidc] configured, nothing to check");
+                    return ExitCode::SUCCESS;
+                };
+                let findings = portcullis::auth::online_check(o).await;
+                if findings.is_empty() {
+                    println!(
+                        "--online: the provider {} fits this configuration",
+                        o.issuer_url()
+                    );
+                } else {
+                    for f in &findings {
+                        eprintln!("--online: {f}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -314,6 +338,30 @@ fn describe(s: &Snapshot) -> String {
         t.idle.as_secs(),
         s.shutdown_grace.as_secs()
     );
+    for i in s.auth.issuers() {
+        let _ = writeln!(
+            out,
+            "issuer      {}  {}  {}  audiences {}  algorithms {}",
+            i.name(),
+            i.url(),
+            if i.is_shared_secret() {
+                "shared secret"
+            } else {
+                "jwks"
+            },
+            if i.audiences().is_empty() {
+                "(any)".to_owned()
+            } else {
+                i.audiences().join(", ")
+            },
+            i.algorithms().join(" ")
+        );
+    }
+    if let Some(o) = s.auth.oidc() {
+        for line in o.describe(s.listen.https.port()) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     let _ = writeln!(
         out,
         "tls         certs_dir {}  self_signed {}  default_certificate {}  watch {}",

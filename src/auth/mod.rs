@@ -26,7 +26,7 @@ pub use authenticator::{Authenticator, AuthenticatorOptions, Clock, SystemClock}
 pub use claims::ClaimPath;
 pub use error::{AuthError, DenyReason, FetchError, PathRejection, TokenRejection};
 pub use identity::{apply_identity, Identity, Permit};
-pub use oidc::{build_oidc, OidcError, OidcSettings};
+pub use oidc::{build_oidc, online_check, OidcError, OidcSettings};
 pub use policy::{build_service_policy, RuleRef, ServicePolicy};
 pub use portal::{
     is_allowed_redirect, is_browser, sign_in_redirect, sign_in_url, PortalContext, PortalResponse,

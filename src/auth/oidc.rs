@@ -131,6 +131,38 @@ impl OidcSettings {
             .map(String::as_str)
     }
 
+    /// Lines describing the effective sign-in settings for `portcullis check` and the start-up log (no secrets).
+    pub fn describe(&self, https_port: u16) -> Vec<String> {
+        let store = match &self.store {
+            StoreSpec::Memory => "memory".to_owned(),
+            StoreSpec::Redis(u) => super::session::redacted(u),
+        };
+        vec![
+            format!(
+                "oidc        issuer {}  client_id {}  token_endpoint_auth_method {}  scopes {}  userinfo {}",
+                self.issuer.url,
+                self.client_id,
+                self.auth.name(),
+                self.scopes.join(" "),
+                self.userinfo
+            ),
+            format!("oidc        portal {}  cookie_domains {}", self.portal, self.cookie_domains.join(", ")),
+            format!("oidc        redirect URI to register at the provider: {}", self.redirect_uri(https_port)),
+            format!(
+                "oidc        post-logout redirect URI to register: {}/oauth2/signed-out",
+                self.portal_origin(https_port)
+            ),
+            format!(
+                "session     store {}  cookie {}  idle_timeout {}s  max_lifetime {}s  refresh {}s",
+                store,
+                self.cookies.name,
+                self.idle.as_secs(),
+                self.max_lifetime.as_secs(),
+                self.refresh_every.as_secs()
+            ),
+        ]
+    }
+
     /// Removes the gateway's own cookies from a request going upstream.
     pub fn strip_cookies(&self, headers: &mut http::HeaderMap) {
         self.cookies.strip_from_request(headers);
@@ -1214,4 +1246,82 @@ pub(crate) fn url_with(base: &str, params: &[(&str, &str)]) -> String {
         out.push_str(&super::client::form_encode(v));
     }
     out
+}
+
+/// `portcullis check --online`: fetches discovery and the key set and reports, in plain words, everything that
+/// would make sign-in fail. An empty list means nothing was found.
+pub async fn online_check(o: &OidcSettings) -> Vec<String> {
+    let p = match discover(o).await {
+        Ok(p) => p,
+        Err(e) => return vec![crate::error::chain(&e)],
+    };
+    let mut findings = Vec::new();
+    let method = effective_auth(o, &p).name();
+    if !matches!(o.auth, ClientAuth::Auto) && !p.methods.iter().any(|m| m == method) {
+        findings.push(format!(
+            "oidc.token_endpoint_auth_method is {method}, but the provider supports only {} (token_endpoint_auth_methods_supported)",
+            p.methods.join(", ")
+        ));
+    }
+    if let Some(supported) = p.metadata.scopes_supported() {
+        let supported: Vec<&str> = supported.iter().map(|s| s.as_str()).collect();
+        for s in &o.scopes {
+            if !supported.contains(&s.as_str()) {
+                findings.push(format!(
+                    "scope {s:?} (oidc.scopes) is not in the provider's scopes_supported ({})",
+                    supported.join(" ")
+                ));
+            }
+        }
+    }
+    if let Some(claims) = p.metadata.claims_supported() {
+        let claims: Vec<&str> = claims.iter().map(|c| c.as_str()).collect();
+        let groups = o.issuer.groups_claim.as_str();
+        if !claims.contains(&groups) {
+            findings.push(format!(
+                "the groups claim {groups:?} (oidc.groups_claim) is not in the provider's claims_supported: allow_groups rules will see no groups"
+            ));
+        }
+    }
+    let jwks = p.metadata.jwks_uri().url().as_str().to_owned();
+    if let Ok(uri) = jwks.parse::<http::Uri>() {
+        if let Err(e) = o
+            .client
+            .get(&uri, PROVIDER_TIMEOUT, PROVIDER_MAX_BYTES)
+            .await
+        {
+            findings.push(format!(
+                "the key set {jwks} cannot be fetched: {}",
+                crate::error::chain(&e)
+            ));
+        }
+    }
+    let mut endpoints = vec![(
+        "token_endpoint",
+        p.metadata.token_endpoint().map(|u| u.as_str().to_owned()),
+    )];
+    endpoints.push((
+        "userinfo_endpoint",
+        p.metadata
+            .userinfo_endpoint()
+            .map(|u| u.as_str().to_owned()),
+    ));
+    for (name, url) in endpoints {
+        let Some(url) = url else { continue };
+        let Ok(req) = Request::get(url.as_str()).body(Full::new(Bytes::new())) else {
+            continue;
+        };
+        // Any HTTP answer (even 400 or 405) proves the endpoint is reachable.
+        if let Err(e) = o
+            .client
+            .exchange(req, PROVIDER_TIMEOUT, PROVIDER_MAX_BYTES)
+            .await
+        {
+            findings.push(format!(
+                "the {name} {url} is unreachable: {}",
+                crate::error::chain(&e)
+            ));
+        }
+    }
+    findings
 }

@@ -138,6 +138,16 @@ impl Issuer {
         &self.url
     }
 
+    /// The accepted audiences (empty: `aud` not checked).
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// The accepted algorithms.
+    pub fn algorithms(&self) -> Vec<String> {
+        self.algorithms.iter().map(|a| format!("{a:?}")).collect()
+    }
+
     /// Whether this is a shared-secret (HMAC) issuer.
     pub fn is_shared_secret(&self) -> bool {
         matches!(self.kind, IssuerKind::Hmac(_))

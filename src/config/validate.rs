@@ -164,8 +164,20 @@ pub fn build(
         .acme
         .as_ref()
         .and_then(|a| acme_settings(a, &file, &routes, listen.as_ref(), problems));
-    let tls = tls_source(&file, &routes, acme, mode, problems);
-    let certs = load_certs(&tls, &routes, mode, problems);
+    let portal = auth.oidc().map(|o| o.portal().to_owned());
+    if let Some(p) = &portal {
+        if let Some(r) = router.lookup(p) {
+            problems.push(
+                "oidc.portal",
+                ProblemKind::Conflict {
+                    reason: format!("portal host {p} is also a host of service `{}`; the portal needs a host of its own", r.name),
+                },
+            );
+        }
+    }
+    let extra: Vec<String> = portal.into_iter().collect();
+    let tls = tls_source(&file, &routes, &extra, acme, mode, problems);
+    let certs = load_certs(&tls, &routes, &extra, mode, problems);
 
     if !problems.is_empty() {
         return None;
@@ -458,6 +470,7 @@ fn parse_upstream(
 fn tls_source(
     file: &FileConfig,
     routes: &[Arc<Route>],
+    extra_hosts: &[String],
     acme: Option<AcmeSettings>,
     mode: Mode,
     problems: &mut Problems,
@@ -477,7 +490,8 @@ fn tls_source(
     let self_signed = file.tls.self_signed.unwrap_or(false);
     let mut dev_ca = None;
     if self_signed && mode == Mode::Serve && !certs_dir.as_os_str().is_empty() {
-        let hosts = all_hosts(routes);
+        let mut hosts = all_hosts(routes);
+        hosts.extend(extra_hosts.iter().cloned());
         match crate::tls::ensure_self_signed(&certs_dir, &hosts) {
             Ok(ca) => dev_ca = Some(ca),
             Err(e) => problems.push("tls.self_signed", ProblemKind::Tls(Box::new(e))),
@@ -750,6 +764,7 @@ fn all_hosts(routes: &[Arc<Route>]) -> Vec<String> {
 fn load_certs(
     tls: &TlsSource,
     routes: &[Arc<Route>],
+    extra_hosts: &[String],
     mode: Mode,
     problems: &mut Problems,
 ) -> Option<CertStore> {
@@ -801,6 +816,20 @@ fn load_certs(
                         },
                     );
                 }
+            }
+        }
+        for host in extra_hosts {
+            let by_acme = tls.acme.as_ref().is_some_and(|a| a.manages(host));
+            if !by_acme && store.covering(host).is_none() {
+                problems.push(
+                    "oidc.portal",
+                    ProblemKind::Conflict {
+                        reason: format!(
+                            "no certificate in {} covers the sign-in portal {host}: add one, or set `tls.self_signed = true` for development",
+                            tls.certs_dir.display()
+                        ),
+                    },
+                );
             }
         }
     }
