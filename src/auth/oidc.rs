@@ -302,6 +302,15 @@ pub fn build_oidc(
         (None, Some(d)) => vec![d.to_owned()],
         (None, None) => Vec::new(),
     };
+    for (i, d) in cookie_domains.iter().enumerate() {
+        if !d.contains('.') || crate::router::Host::parse(d).is_err() {
+            problems.invalid(
+                format!("oidc.cookie_domains.{i}"),
+                d.as_str(),
+                "browsers refuse cookies for a single-label or invalid domain (such as `localhost`): use a domain with a dot, e.g. `home.example`",
+            );
+        }
+    }
     if cookie_domains.is_empty() {
         problems.push(
             "oidc.cookie_domains",

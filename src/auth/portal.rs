@@ -476,8 +476,9 @@ impl Authenticator {
         let Some(session) = store.get(&session_id, now).await? else {
             return Err(OidcError::StateMissing);
         };
+        // The cookie lives as long as the session may; idle expiry is enforced on the server.
         let max_age = std::time::Duration::from_secs(
-            oidc::session_deadline(o, &session, now).saturating_sub(now),
+            (session.created_at + o.max_lifetime.as_secs()).saturating_sub(now),
         );
         let cookie = o.cookies.session_cookie(&session_id, Some(domain), max_age);
         Ok(redirect(StatusCode::FOUND, &rd, &[cookie]))
@@ -536,9 +537,8 @@ impl Authenticator {
             .put(&id, &session, now, oidc::session_deadline(o, &session, now))
             .await?;
         tracing::info!(oidc.issuer = %o.issuer.url, auth.sub = %session.sub, "signed in");
-        let max_age = std::time::Duration::from_secs(
-            oidc::session_deadline(o, &session, now).saturating_sub(now),
-        );
+        // The cookie lives as long as the session may; idle expiry is enforced on the server.
+        let max_age = o.max_lifetime;
         let cookies = vec![
             o.cookies
                 .session_cookie(&id, o.cookie_domain_for(&o.portal), max_age),
