@@ -71,6 +71,8 @@ pub struct Timeouts {
 pub struct TlsSource {
     /// The certificate directory.
     pub certs_dir: PathBuf,
+    /// `tls::dir_fingerprint` of the directory as loaded (the watcher reloads when it changes).
+    pub certs_fingerprint: u64,
     /// Certificate for clients without SNI.
     pub default_certificate: Option<String>,
     /// Whether a development CA issues a certificate for every host when none covers it.

@@ -504,6 +504,8 @@ fn tls_source(
         }
     }
     TlsSource {
+        // Taken after any file this function wrote, so the watcher compares against what was loaded.
+        certs_fingerprint: crate::tls::dir_fingerprint(&certs_dir),
         certs_dir,
         default_certificate: file.tls.default_certificate.clone(),
         self_signed,

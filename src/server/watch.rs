@@ -4,7 +4,7 @@
 //! secret mounts do. It never runs on the request path.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -13,32 +13,41 @@ use crate::state::Shared;
 /// How often the file and directory are looked at.
 pub(crate) const POLL_EVERY: Duration = Duration::from_secs(1);
 
-fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// What is on disk now: the config text's hash and the certificate directory's fingerprint.
+fn on_disk(shared: &Shared) -> (Option<String>, u64) {
+    let snap = shared.snapshot.load();
+    let text = std::fs::read_to_string(shared.config_path()).ok();
+    (
+        text.as_deref().map(crate::config::text_hash),
+        crate::tls::dir_fingerprint(&snap.tls.certs_dir),
+    )
 }
 
-/// Runs until `stop` is cancelled.
+/// What the snapshot in force was built from.
+fn loaded(shared: &Shared) -> (Option<String>, u64) {
+    let snap = shared.snapshot.load();
+    (Some(snap.hash.clone()), snap.tls.certs_fingerprint)
+}
+
+/// Runs until `stop` is cancelled. Compares the disk with what the snapshot in force was built from (not with
+/// the previous poll), so a change made before the watcher started is seen too; a state that failed to load is
+/// not retried until it changes again.
 pub(crate) async fn watch(shared: Arc<Shared>, stop: CancellationToken) {
-    let stamp = |shared: &Shared| {
-        let snap = shared.snapshot.load();
-        (
-            file_stamp(shared.config_path()),
-            crate::tls::dir_fingerprint(&snap.tls.certs_dir),
-        )
-    };
-    let mut last = stamp(&shared);
+    let mut failed: Option<(Option<String>, u64)> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(POLL_EVERY) => {}
         }
-        let now = stamp(&shared);
-        if now != last {
-            tracing::info!(config.file = %shared.config_path().display(), "configuration or certificates changed on disk; reloading");
-            // Failures are logged by reload; the old snapshot keeps serving.
-            let _ = shared.reload().await;
-            last = stamp(&shared);
+        let now = on_disk(&shared);
+        if now == loaded(&shared) || failed.as_ref() == Some(&now) {
+            continue;
         }
+        tracing::info!(config.file = %shared.config_path().display(), "configuration or certificates changed on disk; reloading");
+        // Failures are logged by reload; the old snapshot keeps serving.
+        failed = match shared.reload().await {
+            Ok(_) => None,
+            Err(_) => Some(now),
+        };
     }
 }

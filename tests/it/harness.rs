@@ -233,9 +233,15 @@ impl Config {
 }
 
 /// Builder of a test gateway.
+/// A change to the test config.
+type ConfigEdit = Box<dyn FnOnce(&mut Config) + Send>;
+
 pub(crate) struct TestGateway {
     config: Config,
     certificates: Vec<Vec<String>>,
+    /// Applied to the config file after it was loaded and before `run` starts (the file then differs from the
+    /// snapshot in force, as when an operator edits it during start-up).
+    edit_before_run: Option<ConfigEdit>,
 }
 
 impl TestGateway {
@@ -251,6 +257,7 @@ impl TestGateway {
                 top_level: Vec::new(),
             },
             certificates: Vec::new(),
+            edit_before_run: None,
         }
     }
 
@@ -286,8 +293,17 @@ impl TestGateway {
         self
     }
 
+    /// Changes the config file between loading it and starting to serve.
+    pub(crate) fn edit_before_run(
+        mut self,
+        change: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Self {
+        self.edit_before_run = Some(Box::new(change));
+        self
+    }
+
     /// Writes certificates and config, loads it, binds and starts serving.
-    pub(crate) async fn spawn(self) -> Result<Gateway> {
+    pub(crate) async fn spawn(mut self) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let certs_dir = dir.path().join("certs");
         std::fs::create_dir(&certs_dir)?;
@@ -311,6 +327,10 @@ impl TestGateway {
         let listeners = Listeners::bind(&snapshot.listen).await?;
         let addrs = listeners.local_addrs()?;
         let shared = Shared::new(snapshot, config_path.clone());
+        if let Some(change) = self.edit_before_run.take() {
+            change(&mut self.config);
+            std::fs::write(&config_path, self.config.render(&certs_dir))?;
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(portcullis::run(listeners, Arc::clone(&shared), async {
             let _ = rx.await;

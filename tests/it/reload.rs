@@ -253,3 +253,28 @@ async fn watched_config_file_change_is_picked_up() -> Result<()> {
     assert!(picked_up, "the change was not picked up within 10 s");
     Ok(())
 }
+
+/// Regression (watcher compared the file with its own first look, taken when the task started): an edit made
+/// after the config was loaded but before the watcher ran was never reloaded.
+#[tokio::test]
+async fn watcher_sees_an_edit_made_before_it_started() -> Result<()> {
+    let echo = Echo::start().await?;
+    let url = echo.url();
+    let gw = TestGateway::new()
+        .watch()
+        .service("a", &bypass(&url))
+        .edit_before_run(move |c| {
+            c.service("b", &bypass(&url));
+        })
+        .spawn()
+        .await?;
+    let picked_up = wait_until(Duration::from_secs(10), || async {
+        gw.status("b.example.test", "/").await.ok() == Some(200)
+    })
+    .await;
+    assert!(
+        picked_up,
+        "an edit made during start-up was not picked up within 10 s"
+    );
+    Ok(())
+}
