@@ -11,6 +11,7 @@ mod config_errors;
 mod configs;
 mod deploy;
 mod drain;
+mod forward_auth;
 mod harness;
 mod headers;
 mod idp;
