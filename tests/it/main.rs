@@ -16,6 +16,7 @@ mod harness;
 mod headers;
 mod idp;
 mod idp_keys;
+mod interop;
 mod listeners;
 mod protocols;
 mod reload;
