@@ -95,6 +95,8 @@ pub(super) struct Inner {
     >,
     /// Refreshes in flight by session id, so concurrent requests of one browser share one refresh.
     pub(super) refreshes: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Recent forward-auth decisions (a sign-out removes its session's).
+    pub(super) decisions: super::forward_auth::DecisionCache,
 }
 
 /// A token whose signature was checked.
@@ -186,6 +188,7 @@ impl Authenticator {
                     .max_capacity(100_000)
                     .time_to_idle(Duration::from_secs(60))
                     .build(),
+                decisions: super::forward_auth::DecisionCache::default(),
             }),
         }
     }

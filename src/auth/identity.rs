@@ -235,6 +235,19 @@ impl IdentityHeaders {
     }
 }
 
+/// The groups of `id` joined with the service's separator, `None` when there are none. A group containing the
+/// separator would read as two groups; it is left out rather than let it forge one.
+pub(crate) fn joined_groups(policy: &ServicePolicy, id: &Identity) -> Option<String> {
+    let sep = policy.headers.separator.as_str();
+    let groups: Vec<&str> = id
+        .groups
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !g.contains(sep))
+        .collect();
+    (!groups.is_empty()).then(|| groups.join(sep))
+}
+
 /// Strips every header Portcullis may set (this policy's mapping and the default `Remote-*`,
 /// `X-Forwarded-User`, `X-Auth-Request-*` family) and, unless `pass_authorization`, the client's
 /// `Authorization`; then sets the identity headers of `permit`.
@@ -289,16 +302,7 @@ pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut Hea
     set(&h.user, Some(&id.user));
     set(&h.email, id.email.as_deref());
     set(&h.name, id.name.as_deref());
-    // A group containing the separator would read as two groups; leave it out rather than let it forge one.
-    let groups: Vec<&str> = id
-        .groups
-        .iter()
-        .map(String::as_str)
-        .filter(|g| !g.contains(h.separator.as_str()))
-        .collect();
-    if !groups.is_empty() {
-        set(&h.groups, Some(&groups.join(&h.separator)));
-    }
+    set(&h.groups, joined_groups(policy, id).as_deref());
     for (name, path) in &h.claims {
         if let Some(text) = path
             .lookup(&id.claims)

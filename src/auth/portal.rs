@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::authenticator::Authenticator;
+use super::forward_auth::EndedSessions;
 use super::oidc::{self, origin, url_with, CallbackQuery, OidcError, OidcSettings};
 use super::session::{random_id, Store};
 use super::settings::AuthSettings;
@@ -563,6 +564,7 @@ impl Authenticator {
             if let Some(s) = store.get(&id, now).await? {
                 id_token = s.id_token.clone();
             }
+            self.sessions_ended(EndedSessions::One(&id));
             store.delete(&id).await?;
             tracing::info!(oidc.issuer = %o.issuer.url, "signed out");
         }
@@ -709,6 +711,10 @@ impl Authenticator {
             Some(s) => (Some(s.as_str()), None),
             None => (None, sub.as_deref()),
         };
+        self.sessions_ended(EndedSessions::Provider {
+            issuer: &o.issuer.url,
+            sub: sub.as_deref(),
+        });
         match store.delete_matching(&o.issuer.url, by_sid, by_sub).await {
             Ok(n) => {
                 tracing::info!(oidc.issuer = %o.issuer.url, sessions.ended = n, "back-channel logout");

@@ -1,5 +1,6 @@
-//! The plain-HTTP services: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`) and the HTTP
-//! listener, which redirects everything to HTTPS except health checks and ACME HTTP-01 challenges.
+//! The plain-HTTP services: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`, and the
+//! forward-auth endpoints, answered by `authz`) and the HTTP listener, which redirects everything to HTTPS except
+//! health checks and ACME HTTP-01 challenges.
 //!
 //! Nothing here proxies or authenticates; `/config` shows the running configuration without secrets, and only
 //! on the admin listener, which operators keep off public networks.
@@ -14,6 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::listener::Plain;
+use crate::auth::Endpoint;
 use crate::config::Summary;
 use crate::error::plain;
 use crate::router::Host;
@@ -23,11 +25,14 @@ use crate::state::Shared;
 pub(crate) async fn handle(
     req: Request<Incoming>,
     kind: Plain,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     https_port: u16,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
+    if let (Plain::Admin, Some(endpoint)) = (kind, Endpoint::from_path(path)) {
+        return Ok(super::authz::serve(endpoint, &req, peer.ip(), &shared).await);
+    }
     let resp = match (kind, path) {
         (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (_, "/readyz") if shared.is_ready() => plain(StatusCode::OK, "ready\n"),

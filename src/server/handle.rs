@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::access::{AccessRecord, InnerBody, LoggedBody};
 use super::listener::ConnInfo;
-use crate::auth::{sign_in_redirect, AuthError, PortalContext};
+use crate::auth::{sign_in_redirect, AuthError, Endpoint, PortalContext};
 use crate::error::{respond, RequestError};
 use crate::metrics::{ServiceKindLabels, ServiceLabel};
 use crate::proxy::{self, Peer};
@@ -25,6 +25,9 @@ const NO_SERVICE: &str = "-";
 
 /// The service name in logs and metrics for the sign-in portal.
 const PORTAL_SERVICE: &str = "portal";
+
+/// The service name in logs for forward-auth calls on the portal host.
+const FORWARD_AUTH_SERVICE: &str = "forward-auth";
 
 /// Longest `X-Request-Id` accepted from a client; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -91,6 +94,13 @@ async fn route_and_forward(
                         host: host.to_string(),
                         sni: conn.sni.clone(),
                     });
+                }
+            }
+            if host.as_str() == o.portal() {
+                if let Some(endpoint) = Endpoint::from_path(req.uri().path()) {
+                    record.service = Arc::from(FORWARD_AUTH_SERVICE);
+                    let resp = super::authz::serve(endpoint, &req, conn.peer.ip(), shared).await;
+                    return Ok(resp.map(Either::Right));
                 }
             }
             record.service = Arc::from(PORTAL_SERVICE);

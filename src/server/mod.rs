@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod authz;
 mod handle;
 mod listener;
 mod run;
