@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub oidc: Option<FileOidc>,
     /// Browser sessions.
     pub session: Option<FileSession>,
+    /// Forward-auth endpoints on hosts of their own.
+    pub forward_auth: Option<FileForwardAuth>,
     /// The built-in echo backend of the demo.
     pub demo: Option<FileDemo>,
     /// Services by name.
@@ -332,4 +334,12 @@ pub struct FileSession {
     pub max_lifetime_secs: Option<u64>,
     /// Claims are re-read from the provider (refresh) at least this often (default 300).
     pub refresh_secs: Option<u64>,
+}
+
+/// `[forward_auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForwardAuth {
+    /// Hosts that serve only the forward-auth endpoints (besides the admin listener and the portal host).
+    pub hosts: Option<Vec<String>>,
 }

@@ -146,6 +146,8 @@ pub struct Snapshot {
     pub auth: AuthSettings,
     /// Address of the built-in echo backend, when the demo asks for it.
     pub demo_echo: Option<SocketAddr>,
+    /// Hosts that serve only the forward-auth endpoints (`[forward_auth] hosts`).
+    pub forward_auth_hosts: Vec<String>,
     /// Services in name order.
     pub routes: Vec<Arc<Route>>,
     /// Host lookup.

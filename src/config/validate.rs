@@ -175,7 +175,49 @@ pub fn build(
             );
         }
     }
-    let extra: Vec<String> = portal.into_iter().collect();
+    let mut forward_auth_hosts = Vec::new();
+    for (i, h) in file
+        .forward_auth
+        .as_ref()
+        .and_then(|f| f.hosts.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let path = format!("forward_auth.hosts.{i}");
+        match HostPattern::parse(h) {
+            Ok(HostPattern::Exact(name)) => {
+                if let Some(r) = router.lookup(&name) {
+                    problems.push(
+                        path,
+                        ProblemKind::Conflict {
+                            reason: format!("{name} is also a host of service `{}`", r.name),
+                        },
+                    );
+                } else if portal.as_deref() == Some(name.as_str()) {
+                    problems.push(
+                        path,
+                        ProblemKind::Conflict {
+                            reason: format!(
+                                "{name} is the sign-in portal, which serves the endpoints already"
+                            ),
+                        },
+                    );
+                } else {
+                    forward_auth_hosts.push(name);
+                }
+            }
+            Ok(HostPattern::Wildcard(_)) | Err(_) => problems.invalid(
+                path,
+                h,
+                "expected an exact host name such as authz.example.test",
+            ),
+        }
+    }
+    let extra: Vec<String> = portal
+        .into_iter()
+        .chain(forward_auth_hosts.iter().cloned())
+        .collect();
     let tls = tls_source(&file, &routes, &extra, acme, mode, problems);
     let certs = load_certs(&tls, &routes, &extra, mode, problems);
 
@@ -195,6 +237,7 @@ pub fn build(
         certs: Arc::new(certs?),
         auth,
         demo_echo,
+        forward_auth_hosts,
         routes,
         router,
     })

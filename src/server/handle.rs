@@ -114,6 +114,25 @@ async fn route_and_forward(
             return Ok(resp.map(Either::Right));
         }
     }
+    if snap.forward_auth_hosts.iter().any(|h| h == host.as_str()) {
+        if let Some(cert) = &conn.cert {
+            if !cert.covers(host.as_str()) {
+                return Err(RequestError::Misdirected {
+                    host: host.to_string(),
+                    sni: conn.sni.clone(),
+                });
+            }
+        }
+        record.service = Arc::from(FORWARD_AUTH_SERVICE);
+        let resp = match Endpoint::from_path(req.uri().path()) {
+            Some(endpoint) => super::authz::serve(endpoint, &req, conn.peer.ip(), shared).await,
+            None => crate::error::plain(
+                http::StatusCode::NOT_FOUND,
+                "not found: this host serves only the forward-auth endpoints\n",
+            ),
+        };
+        return Ok(resp.map(Either::Right));
+    }
     let route = snap
         .router
         .lookup(host.as_str())

@@ -420,3 +420,46 @@ async fn a_spoofed_remote_user_never_reaches_the_backend() -> Result<()> {
     assert!(report.all("remote-user").is_empty());
     Ok(())
 }
+
+/// `[forward_auth] hosts`: a host of its own serves only the endpoints, with the same decisions.
+#[tokio::test]
+async fn a_forward_auth_host_of_its_own_serves_only_the_endpoints() -> Result<()> {
+    let echo = Echo::start().await?;
+    let gw = TestGateway::new()
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .top_level(&format!(
+            "{}\n[forward_auth]\nhosts = [\"authz.example.test\"]\n",
+            top_level()
+        ))
+        .service(
+            "app",
+            &format!("upstream = {:?}\nallow_groups = [\"staff\"]\n", echo.url()),
+        )
+        .spawn()
+        .await?;
+    let staff = format!("Bearer {}", token(&["staff"]));
+    let outsider = format!("Bearer {}", token(&["guests"]));
+    let url = gw.url("authz.example.test", "/api/authz/forward-auth");
+    let r = fwd(gw.client.get(&url), "GET", APP, "/x")
+        .header("Authorization", &staff)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "remote-user"), Some("ann"));
+    let r = fwd(gw.client.get(&url), "GET", APP, "/x")
+        .header("Authorization", &outsider)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = gw
+        .client
+        .get(gw.url("authz.example.test", "/anything-else"))
+        .send()
+        .await?;
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "nothing but the endpoints is served there"
+    );
+    Ok(())
+}
