@@ -110,8 +110,8 @@ pub(crate) struct Env {
     pub(crate) gws: Vec<Gateway>,
     /// The provider.
     pub(crate) idp: Idp,
-    /// The echo upstream.
-    pub(crate) echo: Echo,
+    /// The echo upstream (kept running).
+    _echo: Echo,
     _ca_file: tempfile::NamedTempFile,
 }
 
@@ -211,7 +211,7 @@ impl Env {
         Ok(Some(Env {
             gws,
             idp,
-            echo,
+            _echo: echo,
             _ca_file: ca_file,
         }))
     }
