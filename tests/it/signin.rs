@@ -23,8 +23,8 @@ use crate::harness::wait_until;
 use crate::idp::{jwt_payload, location};
 use crate::idp_keys::{now, rsa_key};
 use crate::signin_support::{
-    pair, query, set_cookie, set_cookies, Env, Opts, Redis, ADMIN, APP, BASIC_SECRET, BROWSER_ACCEPT, NOBC_SECRET,
-    ORG_APP, OTHER, PORTAL, POST_SECRET, SESSION_COOKIE,
+    pair, query, set_cookie, set_cookies, Env, Opts, Redis, ADMIN, APP, BASIC_SECRET,
+    BROWSER_ACCEPT, NOBC_SECRET, ORG_APP, OTHER, PORTAL, POST_SECRET, SESSION_COOKIE,
 };
 
 /// Starts an [`Env`] or returns from the test when the provider cannot run locally (a loud SKIPPED line is
@@ -91,7 +91,9 @@ async fn signin_auto_chooses_basic() -> Result<()> {
     // Against a post-only client, `auto` (basic) is refused, and the page says which method it used.
     let env = env!(Opts::client("post-app", Some(POST_SECRET), "auto"));
     let b = env.browser();
-    let res = env.sign_in(&b, &env.url(APP, "/"), "alice", "alice-pw").await?;
+    let res = env
+        .sign_in(&b, &env.url(APP, "/"), "alice", "alice-pw")
+        .await?;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     let body = res.text().await?;
     assert!(body.contains("client_secret_basic"), "{body}");
@@ -130,7 +132,10 @@ async fn signin_session_cookie_is_locked_down_and_gives_single_sign_on() -> Resu
     let echo = env.echo_at(&b, &env.url(OTHER, "/second")).await?;
     assert_eq!(echo.header("remote-user"), Some("alice"));
     let after = env.idp.stats().await;
-    assert_eq!(after["auth"], before["auth"], "no new authorization request");
+    assert_eq!(
+        after["auth"], before["auth"],
+        "no new authorization request"
+    );
     assert_eq!(after["login_ok"], 1, "one provider login in all");
 
     // The portal tells who is signed in.
@@ -195,7 +200,12 @@ async fn signin_allow_groups_applies_to_sessions() -> Result<()> {
     let bob = env.browser();
     env.signed_in(&bob, &env.url(APP, "/"), "bob", "bob-pw")
         .await?;
-    assert_eq!(env.echo_at(&bob, &env.url(APP, "/")).await?.header("remote-user"), Some("bob"));
+    assert_eq!(
+        env.echo_at(&bob, &env.url(APP, "/"))
+            .await?
+            .header("remote-user"),
+        Some("bob")
+    );
     let res = bob.get(env.url(ADMIN, "/")).send().await?;
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "bob is not in admins");
     assert_eq!(env.api_status(&bob, &env.url(ADMIN, "/")).await?, 403);
@@ -230,7 +240,13 @@ async fn signin_bearer_tokens_still_work_beside_sessions() -> Result<()> {
     let status = |token: String, host: &'static str| {
         let api = api.clone();
         let url = env.url(host, "/api");
-        async move { api.get(url).bearer_auth(token).send().await.map(|r| r.status()) }
+        async move {
+            api.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status())
+        }
     };
     assert_eq!(status(alice_token.clone(), ADMIN).await?, StatusCode::OK);
     assert_eq!(
@@ -294,7 +310,9 @@ async fn signin_browsers_are_redirected_and_api_clients_get_401() -> Result<()> 
 /// The callback page for a failed code exchange: 502, HTML, naming the cause; never a bare 500.
 async fn failed_exchange_page(env: &Env) -> Result<String> {
     let b = env.browser();
-    let res = env.sign_in(&b, &env.url(APP, "/"), "alice", "alice-pw").await?;
+    let res = env
+        .sign_in(&b, &env.url(APP, "/"), "alice", "alice-pw")
+        .await?;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     let ct = res
         .headers()
@@ -361,7 +379,10 @@ async fn signin_refused_redirect_uri_shows_the_providers_error() -> Result<()> {
     opts.wrong_redirect_uri = true;
     let env = env!(opts);
     let b = env.browser();
-    let res = env.idp.sign_in(&b, &env.url(APP, "/"), "alice", "alice-pw").await;
+    let res = env
+        .idp
+        .sign_in(&b, &env.url(APP, "/"), "alice", "alice-pw")
+        .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(location(&res), None, "nothing goes back to the gateway");
     let body = res.text().await?;
@@ -406,11 +427,20 @@ async fn callback_url(env: &Env, b: &reqwest::Client) -> Result<(String, String)
     let authorize = location(&res).expect("redirect to the provider");
     assert!(authorize.starts_with(&env.idp.url("/auth")), "{authorize}");
     let q = query(&authorize);
-    assert_eq!(q.get("code_challenge_method").map(String::as_str), Some("S256"));
-    assert!(q.contains_key("nonce") && q.contains_key("state"), "{authorize}");
+    assert_eq!(
+        q.get("code_challenge_method").map(String::as_str),
+        Some("S256")
+    );
+    assert!(
+        q.contains_key("nonce") && q.contains_key("state"),
+        "{authorize}"
+    );
     let res = env.idp.sign_in(b, &authorize, "alice", "alice-pw").await;
     let callback = location(&res).expect("redirect to the callback");
-    assert!(callback.starts_with(&env.url(PORTAL, "/oauth2/callback?")), "{callback}");
+    assert!(
+        callback.starts_with(&env.url(PORTAL, "/oauth2/callback?")),
+        "{callback}"
+    );
     Ok((callback, pair(&login)))
 }
 
@@ -420,7 +450,13 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
     let pairs: Vec<(String, String)> = u
         .query_pairs()
         .into_owned()
-        .map(|(k, v)| if k == name { (k, value.to_owned()) } else { (k, v) })
+        .map(|(k, v)| {
+            if k == name {
+                (k, value.to_owned())
+            } else {
+                (k, v)
+            }
+        })
         .collect();
     u.query_pairs_mut().clear().extend_pairs(pairs);
     u.into()
@@ -442,7 +478,11 @@ async fn signin_tampered_state_is_refused() -> Result<()> {
         let body = res.text().await?;
         assert!(body.contains("state"), "{body}");
     }
-    assert_eq!(env.stat("token").await, 0, "no code exchange for a bad state");
+    assert_eq!(
+        env.stat("token").await,
+        0,
+        "no code exchange for a bad state"
+    );
     // The untouched callback still works: the refusals were about the state, not a broken flow.
     let res = b.get(&callback).send().await?;
     assert_eq!(res.status(), StatusCode::FOUND);
@@ -570,7 +610,10 @@ async fn signin_sign_out_ends_the_session_everywhere_and_at_the_provider() -> Re
     // The provider ends its session and sends the browser to signed-out, which returns it to rd.
     let res = env.idp.sign_in(&b, &end, "-", "-").await;
     let back = location(&res).expect("redirect back from the provider");
-    assert!(back.starts_with(&env.url(PORTAL, "/oauth2/signed-out?")), "{back}");
+    assert!(
+        back.starts_with(&env.url(PORTAL, "/oauth2/signed-out?")),
+        "{back}"
+    );
     let res = b.get(&back).send().await?;
     assert_eq!(res.status(), StatusCode::FOUND);
     assert_eq!(location(&res), Some(rd));
@@ -589,7 +632,8 @@ async fn signin_backchannel_logout_ends_the_session() -> Result<()> {
     env.end_provider_session(&b).await?;
     let s = env.idp.stats().await;
     assert_eq!(
-        s["backchannel_logout_ok"], 1,
+        s["backchannel_logout_ok"],
+        1,
         "{s}\nprovider log:\n{}",
         env.idp.logs()
     );
@@ -609,7 +653,10 @@ async fn signin_forged_logout_token_is_refused() -> Result<()> {
     env.signed_in(&b, &app, "alice", "alice-pw").await?;
     // Signed with another key under the provider's own key id.
     let jwks: Value = reqwest::get(env.idp.url("/jwks")).await?.json().await?;
-    let kid = jwks["keys"][0]["kid"].as_str().unwrap_or_default().to_owned();
+    let kid = jwks["keys"][0]["kid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let t = now();
     let forged = rsa_key(0, &kid).sign(&json!({
         "iss": env.idp.issuer, "aud": "basic-app", "iat": t, "exp": t + 120, "jti": "forged-1",
@@ -653,8 +700,10 @@ async fn signin_group_change_takes_effect_at_the_next_refresh() -> Result<()> {
 #[tokio::test]
 async fn signin_refresh_refused_by_the_provider_ends_the_session() -> Result<()> {
     // nobc-app has no back-channel logout: only the refused refresh can end the gateway's session.
-    let env = env!(Opts::client("nobc-app", Some(NOBC_SECRET), "client_secret_basic")
-        .session("refresh_secs = 1"));
+    let env = env!(
+        Opts::client("nobc-app", Some(NOBC_SECRET), "client_secret_basic")
+            .session("refresh_secs = 1")
+    );
     let b = env.browser();
     let app = env.url(APP, "/");
     env.signed_in(&b, &app, "alice", "alice-pw").await?;
@@ -703,7 +752,11 @@ async fn signin_open_redirects_are_refused() -> Result<()> {
         let res = get("/oauth2/sign_out", "rd", rd).await?;
         assert_eq!(res.status(), StatusCode::FOUND, "sign_out rd={rd:?}");
         let loc = location(&res).unwrap_or_default();
-        assert_eq!(query(&loc).get("state"), None, "sign_out rd={rd:?} -> {loc}");
+        assert_eq!(
+            query(&loc).get("state"),
+            None,
+            "sign_out rd={rd:?} -> {loc}"
+        );
         assert!(!loc.contains("evil"), "sign_out rd={rd:?} -> {loc}");
         let res = get("/oauth2/signed-out", "state", rd).await?;
         assert_eq!(res.status(), StatusCode::OK, "signed-out state={rd:?}");
@@ -721,7 +774,11 @@ async fn signin_open_redirects_are_refused() -> Result<()> {
         assert!(loc.starts_with(&env.idp.url("/auth?")), "{loc}");
         let res = get("/oauth2/sign_out", "rd", &good).await?;
         let loc = location(&res).unwrap_or_default();
-        assert_eq!(query(&loc).get("state"), Some(&good), "sign_out rd={good} -> {loc}");
+        assert_eq!(
+            query(&loc).get("state"),
+            Some(&good),
+            "sign_out rd={good} -> {loc}"
+        );
         let res = get("/oauth2/signed-out", "state", &good).await?;
         assert_eq!(location(&res), Some(good));
     }
@@ -761,13 +818,23 @@ async fn signin_several_root_domains_hand_the_session_over() -> Result<()> {
 
     let target = env.url(ORG_APP, "/org?y=2");
     let res = b.get(&target).send().await?;
-    assert_eq!(res.status(), StatusCode::FOUND, "not signed in on example.org yet");
+    assert_eq!(
+        res.status(),
+        StatusCode::FOUND,
+        "not signed in on example.org yet"
+    );
     let start = location(&res).expect("to the portal");
-    assert!(start.starts_with(&env.url(PORTAL, "/oauth2/start?")), "{start}");
+    assert!(
+        start.starts_with(&env.url(PORTAL, "/oauth2/start?")),
+        "{start}"
+    );
     let res = b.get(&start).send().await?;
     assert_eq!(res.status(), StatusCode::FOUND);
     let handoff = location(&res).expect("to the hand-off");
-    assert!(handoff.starts_with(&env.url(ORG_APP, "/oauth2/handoff?")), "{handoff}");
+    assert!(
+        handoff.starts_with(&env.url(ORG_APP, "/oauth2/handoff?")),
+        "{handoff}"
+    );
     let res = b.get(&handoff).send().await?;
     assert_eq!(res.status(), StatusCode::FOUND);
     let set = set_cookie(&res, SESSION_COOKIE).expect("a session cookie for example.org");
@@ -778,12 +845,37 @@ async fn signin_several_root_domains_hand_the_session_over() -> Result<()> {
     assert_eq!(echo.uri, "/org?y=2");
 
     let after = env.idp.stats().await;
-    assert_eq!(after["auth"], before["auth"], "no second trip to the provider");
+    assert_eq!(
+        after["auth"], before["auth"],
+        "no second trip to the provider"
+    );
     assert_eq!(after["login_ok"], 1);
     // A hand-off code works once.
     let res = env.api().get(&handoff).send().await?;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(set_cookie(&res, SESSION_COOKIE), None);
+
+    // A fresh browser starting on example.org: the callback sets the portal domain's cookie and hands off.
+    let b = env.browser();
+    let res = env.sign_in(&b, &target, "bob", "bob-pw").await?;
+    assert_eq!(res.status(), StatusCode::FOUND);
+    let set = set_cookie(&res, SESSION_COOKIE).expect("the portal domain's session cookie");
+    assert!(set.contains("Domain=example.test"), "{set}");
+    let handoff = location(&res).expect("to the hand-off");
+    assert!(
+        handoff.starts_with(&env.url(ORG_APP, "/oauth2/handoff?")),
+        "{handoff}"
+    );
+    let res = b.get(&handoff).send().await?;
+    assert_eq!(location(&res), Some(target.clone()));
+    let echo = env.echo_at(&b, &target).await?;
+    assert_eq!(echo.header("remote-user"), Some("bob"));
+    assert_eq!(
+        env.echo_at(&b, &env.url(APP, "/"))
+            .await?
+            .header("remote-user"),
+        Some("bob")
+    );
     Ok(())
 }
 
@@ -821,8 +913,15 @@ async fn signin_replicas_share_sessions_through_redis() -> Result<()> {
             .unwrap_or(false)
     })
     .await;
-    assert!(gone, "replica one still accepts a session signed out on replica two");
-    assert!(t0.elapsed() < Duration::from_millis(2500), "{:?}", t0.elapsed());
+    assert!(
+        gone,
+        "replica one still accepts a session signed out on replica two"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
     drop(redis);
     Ok(())
 }
@@ -848,7 +947,11 @@ async fn signin_redis_down_is_a_clear_503_and_recovers() -> Result<()> {
     let body = res.text().await?;
     assert!(body.contains("session.store"), "{body}");
     let res = env.api().get(&app).bearer_auth(&bearer).send().await?;
-    assert_eq!(res.status(), StatusCode::OK, "Bearer needs no session store");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "Bearer needs no session store"
+    );
 
     redis.restart().await?;
     let mut back = false;
@@ -865,5 +968,37 @@ async fn signin_redis_down_is_a_clear_503_and_recovers() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(back, "sign-in did not recover after Redis came back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn issue_4_signin_replicas_refresh_a_shared_session_only_once() -> Result<()> {
+    // Refresh tokens rotate: a replica that refreshes with a token another replica already used is refused
+    // (the provider treats reuse as theft) and would end the session. Requests alternate between the replicas
+    // across several refreshes; every one must be admitted.
+    let Some(redis) = Redis::start().await? else {
+        return Ok(());
+    };
+    let mut opts = Opts::basic().session(&format!("store = {:?}\nrefresh_secs = 1", redis.url()));
+    opts.replicas = 2;
+    let env = env!(opts);
+    let b = env.browser();
+    env.signed_in(&b, &env.gws[0].url(APP, "/"), "alice", "alice-pw")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let urls = [env.gws[0].url(APP, "/"), env.gws[1].url(APP, "/")];
+        let (one, two) = tokio::join!(env.api_status(&b, &urls[0]), env.api_status(&b, &urls[1]));
+        assert_eq!(
+            (one?, two?),
+            (200, 200),
+            "request pair {n}: the shared session ended"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.stat("token").await >= 3, "several refreshes happened");
+    drop(redis);
     Ok(())
 }

@@ -123,7 +123,12 @@ impl Env {
         let mut gws = Vec::new();
         for _ in 0..opts.replicas.max(1) {
             let mut b = TestGateway::new()
-                .certificate(&["example.test", "*.example.test", "example.org", "*.example.org"])
+                .certificate(&[
+                    "example.test",
+                    "*.example.test",
+                    "example.org",
+                    "*.example.org",
+                ])
                 .service("app", &format!("upstream = {upstream:?}"))
                 .service("other", &format!("upstream = {upstream:?}"))
                 .service(
@@ -468,7 +473,9 @@ impl Redis {
             .output()
         {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the replica tests need redis-server ({why}); install the redis-server package");
+                panic!(
+                    "the replica tests need redis-server ({why}); install the redis-server package"
+                );
             }
             let _ = writeln!(
                 std::io::stderr(),
