@@ -21,6 +21,8 @@ use super::settings::{AuthSettings, IssuerKind};
 const TOUCH_EVERY_SECS: u64 = 60;
 /// After a refresh failed because the provider was unreachable, wait this long before trying again.
 const REFRESH_RETRY_SECS: u64 = 30;
+/// How long one replica's claim on a session's refresh round keeps the others from refreshing it too.
+const REFRESH_CLAIM_SECS: u64 = 30;
 
 impl Authenticator {
     /// The session store for this configuration (opened once, kept across reloads).
@@ -150,7 +152,7 @@ impl Authenticator {
             });
         };
         let session = if now >= session.refresh_at {
-            self.refresh_session(auth, o, &store, &id, &session).await?
+            self.refresh_session(auth, o, &store, &id).await?
         } else if now >= session.last_seen + TOUCH_EVERY_SECS {
             let mut touched = (*session).clone();
             touched.last_seen = now;
@@ -170,14 +172,13 @@ impl Authenticator {
     }
 
     /// Re-reads the claims from the provider with the refresh token; concurrent requests of one session share
-    /// one refresh. A refresh the provider refuses ends the session.
+    /// one refresh, also across replicas sharing the store. A refresh the provider refuses ends the session.
     async fn refresh_session(
         &self,
         auth: &AuthSettings,
         o: &OidcSettings,
         store: &Store,
         id: &str,
-        session: &Session,
     ) -> Result<Arc<Session>, AuthError> {
         // One refresh per session at a time: later requests wait, then find the session already refreshed.
         let lock = self
@@ -186,12 +187,23 @@ impl Authenticator {
             .get_with(id.to_owned(), || Arc::new(tokio::sync::Mutex::new(())));
         let _guard = lock.lock().await;
         let now = self.now();
-        if let Some(current) = store.get(id, now).await.map_err(AuthError::SessionStore)? {
-            if current.refresh_at > now {
-                return Ok(current);
-            }
+        let session = match store.get(id, now).await.map_err(AuthError::SessionStore)? {
+            Some(current) if current.refresh_at > now => return Ok(current),
+            Some(current) => current,
+            None => return Err(AuthError::SignInRequired),
+        };
+        // Replicas sharing the store must not both refresh: the refresh token rotates, and the provider refuses
+        // (and revokes) a token used twice, which would end the session. The first to claim this refresh round
+        // refreshes; the others keep serving the current claims until they see the refreshed session.
+        let round = format!("refresh:{id}:{}", session.refresh_at);
+        if !store
+            .claim_once(&round, "1", now, now + REFRESH_CLAIM_SECS)
+            .await
+            .map_err(AuthError::SessionStore)?
+        {
+            return Ok(session);
         }
-        match self.do_refresh(auth, o, store, id, session).await {
+        match self.do_refresh(auth, o, store, id, &session).await {
             Some(s) => Ok(Arc::new(s)),
             None => Err(AuthError::SignInRequired),
         }

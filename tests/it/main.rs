@@ -21,4 +21,6 @@ mod listeners;
 mod protocols;
 mod reload;
 mod routing;
+mod signin;
+mod signin_support;
 mod streaming;
