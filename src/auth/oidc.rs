@@ -584,15 +584,18 @@ pub enum OidcError {
         /// The provider's description.
         description: Option<String>,
     },
-    /// The token endpoint refused the code or the redirect URI.
-    #[error("the provider refused the authorization code ({error}){}; if it mentions the redirect URI, register exactly {redirect_uri}", description.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    /// The token endpoint refused the code, the redirect URI or the refresh token.
+    #[error("the provider refused the {} ({error}){}{}",
+        if redirect_uri.is_some() { "authorization code" } else { "refresh token" },
+        description.as_ref().map(|d| format!(": {d}")).unwrap_or_default(),
+        redirect_uri.as_ref().map(|u| format!("; if it mentions the redirect URI, register exactly {u}")).unwrap_or_default())]
     Grant {
         /// `error`.
         error: String,
         /// `error_description`.
         description: Option<String>,
-        /// Our redirect URI.
-        redirect_uri: String,
+        /// Our redirect URI, for a code exchange.
+        redirect_uri: Option<String>,
     },
     /// The token endpoint could not be reached or answered nonsense.
     #[error("the token endpoint failed: {reason}")]
@@ -1032,7 +1035,7 @@ fn token_error<E: std::error::Error + 'static>(
                 other => OidcError::Grant {
                     error: other.to_string(),
                     description,
-                    redirect_uri: redirect_uri.to_owned(),
+                    redirect_uri: (!redirect_uri.is_empty()).then(|| redirect_uri.to_owned()),
                 },
             }
         }
