@@ -33,5 +33,5 @@ pub use policy::{build_service_policy, RuleRef, ServicePolicy};
 pub use portal::{
     is_allowed_redirect, is_browser, sign_in_redirect, sign_in_url, PortalContext, PortalResponse,
 };
-pub use session::StoreError;
+pub use session::{CookieKeys, StoreError};
 pub use settings::{build_auth, AuthSettings, Issuer, JwksTuning};

@@ -420,7 +420,7 @@ pub(crate) enum StoreSpec {
 
 /// The keys and names of the gateway's cookies.
 #[derive(Clone)]
-pub(crate) struct CookieKeys {
+pub struct CookieKeys {
     key: Key,
     /// Session cookie name.
     pub(crate) name: String,
@@ -439,7 +439,7 @@ pub(crate) const LOOP_COOKIE: &str = "_portcullis_loop";
 
 impl CookieKeys {
     /// Keys derived from the configured secret (at least 32 bytes; validated at load).
-    pub(crate) fn new(secret: &Secret, name: String) -> Self {
+    pub fn new(secret: &Secret, name: String) -> Self {
         Self {
             key: Key::derive_from(secret.expose().as_bytes()),
             name,
@@ -458,7 +458,7 @@ impl CookieKeys {
     }
 
     /// The session id of the request's session cookie, when present and correctly signed.
-    pub(crate) fn session_id(&self, headers: &HeaderMap) -> Option<String> {
+    pub fn session_id(&self, headers: &HeaderMap) -> Option<String> {
         let jar = Self::jar(headers);
         jar.signed(&self.key)
             .get(&self.name)
@@ -466,12 +466,7 @@ impl CookieKeys {
     }
 
     /// A `Set-Cookie` value for a new session.
-    pub(crate) fn session_cookie(
-        &self,
-        id: &str,
-        domain: Option<&str>,
-        max_age: Duration,
-    ) -> String {
+    pub fn session_cookie(&self, id: &str, domain: Option<&str>, max_age: Duration) -> String {
         let mut jar = CookieJar::new();
         let mut c = Cookie::new(self.name.clone(), id.to_owned());
         secure(&mut c, domain);
