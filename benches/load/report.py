@@ -65,12 +65,13 @@ def main():
     rows = []
     for line in open(results_tsv):
         f = line.rstrip("\n").split("\t")
-        if len(f) < 16:
+        if len(f) < 17:
             continue
         target, scenario, proto = f[0], f[1], f[2]
         reqs, dur_us, p50, p99, ticks, clk = (int(x or 0) for x in f[3:9])
-        idle_rss, idle_pss, load_rss, load_pss, errors, proxy_core, load_core = (int(x or 0) for x in f[9:16])
-        tokens = int(f[16]) if len(f) > 16 and f[16] else None
+        idle_rss, idle_pss, load_rss, load_pss, errors, proxy_core, load_core, other = (
+            int(x or 0) for x in f[9:17])
+        tokens = int(f[17]) if len(f) > 17 and f[17] else None
         rps = reqs / (dur_us / 1e6) if dur_us else 0.0
         rows.append({
             "target": target,
@@ -89,6 +90,7 @@ def main():
             "errors": errors,
             "proxy_core_busy_pct": proxy_core,
             "load_core_busy_pct": load_core,
+            "other_cpu_pct": other,
             "distinct_tokens": tokens,
         })
     index = {(r["target"], r["scenario"], r["proto"]): r for r in rows}
@@ -111,14 +113,14 @@ def main():
             r["max_cache_hit_share"] = round(min(1.0, 10000 / n), 3) if n else None
 
     head = ["target", "scenario", "proto", "req/s", "p50 ms", "p99 ms", "CPU us/req", "RSS MiB", "PSS MiB",
-            "idle RSS", "core P/L %", "x origin", "x nginx"]
+            "idle RSS", "core P/L/other %", "x origin", "x nginx"]
     table = [head]
     fmt = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
     for r in rows:
         table.append([r["target"], r["scenario"], r["proto"], fmt(r["req_per_s"], 0), fmt(r["p50_ms"]),
                       fmt(r["p99_ms"]), fmt(r["cpu_us_per_req"], 1), fmt(r["rss_load_mib"], 1),
                       fmt(r["pss_load_mib"], 1), fmt(r["rss_idle_mib"], 1),
-                      f'{r["proxy_core_busy_pct"]}/{r["load_core_busy_pct"]}', fmt(r["ratio_to_origin"]),
+                      f'{r["proxy_core_busy_pct"]}/{r["load_core_busy_pct"]}/{r["other_cpu_pct"]}', fmt(r["ratio_to_origin"]),
                       fmt(r["ratio_to_nginx"])])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     print()

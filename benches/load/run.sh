@@ -16,6 +16,8 @@
 #   PROXY_CPU=1 LOAD_CPU=0   cores for the proxy and for the load generator and origin
 #   NO_BUILD=1         use the existing release binary
 #   PORTCULLIS_BIN     binary to measure (default: the release build)
+#   PORTCULLIS_BASE_BIN   another binary, measured as "portcullis-base" before (and "portcullis-base2" after, if
+#                      listed in TARGETS) "portcullis" in the same run, for before/after comparisons
 #   OUT=benches/load/results/latest.json
 #   PERF_DATA=/tmp/perf.data   also `perf record -g` Portcullis during its measured run of PERF_RUN
 #   PERF_RUN="small h1"        (scenario and protocol)
@@ -26,7 +28,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
-TARGETS="${TARGETS:-origin portcullis nginx nginx+auth_request haproxy caddy}"
+TARGETS="${TARGETS:-origin portcullis-base portcullis nginx nginx+auth_request haproxy caddy}"
 SCENARIOS="${SCENARIOS:-small 64k jwt-hit jwt-miss forward-auth session}"
 ALGS="${ALGS:-rs256 es256 hs256}"
 MISS_TOKENS="${MISS_TOKENS:-40000}"
@@ -169,7 +171,7 @@ core_jiffies() {
 # Busy share (percent) of a core between two core_jiffies readings.
 busy_pct() {
     awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2];
-        printf "%d", d > 0 ? 100 * (y[1] - x[1]) / d : 0}'
+        printf "%d", (d > 0 ? 100 * (y[1] - x[1]) / d : 0)}'
 }
 CLK_TCK="$(getconf CLK_TCK)"
 
@@ -208,7 +210,7 @@ memory() {
 # Runs a warm-up, then the measured run; samples memory half-way; appends a line to $RESULTS.
 measure() {
     local target="$1" scenario="$2" proto="$3" pid="$4" url="$5" header="${6:-}" tokens="${7:-}"
-    local host authority path scheme port hdr=() out idle load t0 t1 reqs dur p50 p99 errors
+    local host authority path scheme port hdr=() out idle load t0 t1 o0 o1 reqs dur p50 p99 errors
     scheme="${url%%://*}"
     authority="${url#*://}"
     authority="${authority%%/*}"
@@ -217,7 +219,8 @@ measure() {
     path="/${url#*://*/}"
     [[ -n "$header" ]] && hdr=(-H "$header")
     idle="$(memory "$pid")"
-    local run_one
+    local h2log="$TMP/h2load.log"
+    # Runs the load generator, then prints its CPU ticks (this subshell's reaped children) as LOADGEN_TICKS.
     run_one() {
         local secs="$1"
         if [[ "$proto" == h1 ]]; then
@@ -225,31 +228,17 @@ measure() {
             TOKENS_FILE="$tokens" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
                 -s "$HERE/report.lua" -H "Host: $host" "${hdr[@]}" "$scheme://127.0.0.1:$port$path"
         else
-            local log="$TMP/h2load.log"
-            rm -f "$log"
+            rm -f "$h2log"
             taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNECTIONS" -m1 -D"$secs" --connect-to="127.0.0.1:$port" \
-                --log-file="$log" "${hdr[@]}" "$url" &&
-                python3 - "$log" <<'PY'
-import sys
-lat = []
-ok = bad = 0
-for line in open(sys.argv[1]):
-    parts = line.split()
-    if len(parts) < 3:
-        continue
-    lat.append(int(parts[2]))
-    if 200 <= int(parts[1]) < 400:
-        ok += 1
-    else:
-        bad += 1
-lat.sort()
-pct = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] if lat else 0
-print("H2_RESULT requests=%d p50_us=%d p99_us=%d errors_status=%d" % (len(lat), pct(0.50), pct(0.99), bad))
-PY
+                --log-file="$h2log" "${hdr[@]}" "$url"
         fi
+        local me=$BASHPID
+        echo "LOADGEN_TICKS=$(sed 's/^.*) //' "/proc/$me/stat" | awk '{print $14 + $15}')"
     }
-    run_one "$WARMUP" >/dev/null 2>&1 || true
+    (run_one "$WARMUP" >/dev/null 2>&1) || true
     t0="$(cpu_ticks "$pid")"
+    o0=0
+    [[ "$pid" != "$ORIGIN_PID" ]] && o0="$(cpu_ticks "$ORIGIN_PID")"
     local pc0 lc0 pc1 lc1
     pc0="$(core_jiffies "$PROXY_CPU")"
     lc0="$(core_jiffies "$LOAD_CPU")"
@@ -260,12 +249,35 @@ PY
         perf_pid=$!
     fi
     out="$(run_one "$DURATION" 2>&1)" || true
-    wait "$sampler" 2>/dev/null || true
-    [[ -n "$perf_pid" ]] && { wait "$perf_pid" 2>/dev/null || note "perf record failed: $(cat "$TMP/perf.log")"; }
     t1="$(cpu_ticks "$pid")"
+    o1=0
+    [[ "$pid" != "$ORIGIN_PID" ]] && o1="$(cpu_ticks "$ORIGIN_PID")"
     pc1="$(core_jiffies "$PROXY_CPU")"
     lc1="$(core_jiffies "$LOAD_CPU")"
+    wait "$sampler" 2>/dev/null || true
+    if [[ -n "$perf_pid" ]]; then
+        wait "$perf_pid" 2>/dev/null || note "perf record failed: $(cat "$TMP/perf.log")"
+    fi
     load="$(cat "$TMP/load-mem" 2>/dev/null || echo '0 0')"
+    if [[ "$proto" == h2 && -s "$h2log" ]]; then
+        out="$out
+$(python3 - "$h2log" <<'PY'
+import sys
+lat = []
+bad = 0
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if len(parts) < 3:
+        continue
+    lat.append(int(parts[2]))
+    if not 200 <= int(parts[1]) < 400:
+        bad += 1
+lat.sort()
+pct = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] if lat else 0
+print("H2_RESULT requests=%d p50_us=%d p99_us=%d errors_status=%d" % (len(lat), pct(0.50), pct(0.99), bad))
+PY
+)"
+    fi
     local line
     line="$(grep -E '^(WRK|H2)_RESULT' <<<"$out" | tail -1 || true)"
     if [[ -z "$line" ]]; then
@@ -290,13 +302,24 @@ PY
     if [[ "${errors:-0}" -gt 0 ]]; then
         note "$target $scenario $proto: $errors of $reqs requests failed or got a non-2xx/3xx status"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" "$reqs" \
-        "$dur" "$p50" "$p99" "$((t1 - t0))" "$CLK_TCK" "$idle" "$load" "${errors:-0}" "$(busy_pct "$pc0" "$pc1")" \
-        "$(busy_pct "$lc0" "$lc1")" "${tokens:+$(wc -l <"$tokens")}" |
+    # CPU on the two cores not spent by the proxy, the origin or the load generator (another user's build):
+    # percent of one core. Above 10 the run was disturbed and should be repeated.
+    local gen other
+    gen="$(sed -n 's/^LOADGEN_TICKS=//p' <<<"$out" | tail -1)"
+    other="$(awk -v a0="$pc0" -v a1="$pc1" -v b0="$lc0" -v b1="$lc1" -v own=$((t1 - t0 + o1 - o0 + ${gen:-0})) \
+        'BEGIN {split(a0, x, " "); split(a1, y, " "); split(b0, u, " "); split(b1, v, " ");
+            busy = (y[1] - x[1]) + (v[1] - u[1]); win = (y[2] - x[2]) / 1;
+            o = win > 0 ? 100 * (busy - own) / win : 0; printf "%d", (o < 0 ? 0 : o)}')"
+    if [[ "${other:-0}" -gt 10 ]]; then
+        note "$target $scenario $proto: disturbed, other processes used ${other}% of a core during the run; repeat it"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
+        "$reqs" "$dur" "$p50" "$p99" "$((t1 - t0))" "$CLK_TCK" "$idle" "$load" "${errors:-0}" \
+        "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}" "${tokens:+$(wc -l <"$tokens")}" |
         sed 's/ /\t/g' >>"$RESULTS"
-    say "$(printf '  %-20s %-14s %-3s %10s req/s  p50 %6s us  p99 %6s us  cores busy: proxy %s%% load %s%%' \
+    say "$(printf '  %-20s %-14s %-3s %8s req/s  p50 %6s us  p99 %6s us  busy: proxy core %s%%, load core %s%%, other %s%%' \
         "$target" "$scenario" "$proto" "$(awk -v r="$reqs" -v d="$dur" 'BEGIN {printf "%.0f", r / (d / 1e6)}')" \
-        "$p50" "$p99" "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")")"
+        "$p50" "$p99" "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}")"
 }
 
 # Checks that a proxy answers through to the origin; "$1" is the https port.
@@ -340,9 +363,10 @@ if want "$TARGETS" origin; then
     done
 fi
 
-if want "$TARGETS" portcullis; then
-    say "portcullis ($PORTCULLIS_BIN)"
-    PC="$TMP/portcullis"
+run_portcullis() {
+    local name="$1" bin="$2" PC PORT ADMIN PID token alg proto code
+    say "$name ($bin)"
+    PC="$TMP/$name"
     mkdir -p "$PC"
     PORT="$(free_port)"
     ADMIN="$(free_port)"
@@ -383,24 +407,24 @@ hosts = ["api.bench.test"]
 issuers = ["jwks", "hmac"]
 EOF
     # Access logs are info-level events; warn keeps them off, like `access_log off` for the peers.
-    start "$PROXY_CPU" "$PC/log" env RUST_LOG=warn "$PORTCULLIS_BIN" run --config "$PC/bench.toml"
+    start "$PROXY_CPU" "$PC/log" env RUST_LOG=warn "$bin" run --config "$PC/bench.toml"
     PID=$LAST_PID
     if ! answers "$PORT"; then
-        note "portcullis did not start: $(tail -5 "$PC/log")"
+        note "$name did not start: $(tail -5 "$PC/log")"
     else
         sleep 1
-        bypass_scenarios portcullis "$PID" "$PORT"
+        bypass_scenarios "$name" "$PID" "$PORT"
         for alg in $ALGS; do
             token="$(cat "$TOK/token-$alg.txt")"
             if want "$SCENARIOS" jwt-hit; then
                 for proto in h1 h2; do
-                    measure portcullis "jwt-$alg-hit" "$proto" "$PID" "https://api.bench.test:$PORT/small" \
+                    measure "$name" "jwt-$alg-hit" "$proto" "$PID" "https://api.bench.test:$PORT/small" \
                         "Authorization: Bearer $token"
                 done
             fi
             if want "$SCENARIOS" jwt-miss; then
                 # h2load cannot vary a header per request: HTTP/1.1 only.
-                measure portcullis "jwt-$alg-miss" h1 "$PID" "https://api.bench.test:$PORT/small" "" \
+                measure "$name" "jwt-$alg-miss" h1 "$PID" "https://api.bench.test:$PORT/small" "" \
                     "$TOK/tokens-$alg.txt"
             fi
         done
@@ -411,7 +435,7 @@ EOF
             else
                 token="$(cat "$TOK/token-hs256.txt")"
                 for proto in h1 h2; do
-                    measure portcullis forward-auth "$proto" "$PID" \
+                    measure "$name" forward-auth "$proto" "$PID" \
                         "http://app.bench.test:$ADMIN/api/authz/auth-request" "Authorization: Bearer $token"
                 done
             fi
@@ -419,12 +443,21 @@ EOF
         if want "$SCENARIOS" session; then
             if ! grep -q 'pub session:' "$ROOT/src/config/file.rs" 2>/dev/null; then
                 note "session: skipped, no [session] configuration yet (src/config/file.rs)"
-            elif ! "$PORTCULLIS_BIN" --help | grep -q 'session-cookie'; then
+            elif ! "$bin" --help | grep -q 'session-cookie'; then
                 note "session: skipped, [session]/[oidc] keys exist but sessions are not wired into request authorization yet and there is no way to mint a cookie outside a browser sign-in"
             fi
         fi
     fi
     stop "$PID"
+}
+
+# A second binary measured in the same run (before/after comparisons): PORTCULLIS_BASE_BIN=path.
+if [[ -n "${PORTCULLIS_BASE_BIN:-}" ]] && want "$TARGETS" portcullis-base; then
+    run_portcullis portcullis-base "$PORTCULLIS_BASE_BIN"
+fi
+want "$TARGETS" portcullis && run_portcullis portcullis "$PORTCULLIS_BIN"
+if [[ -n "${PORTCULLIS_BASE_BIN:-}" ]] && want "$TARGETS" portcullis-base2; then
+    run_portcullis portcullis-base2 "$PORTCULLIS_BASE_BIN"
 fi
 
 NGINX_TARGETS=""
