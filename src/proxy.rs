@@ -197,8 +197,7 @@ pub fn set_forwarding_headers(
     host: &HeaderValue,
     request_id: &HeaderValue,
 ) {
-    let ip = HeaderValue::from_str(&peer.ip.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let ip = ip_header_value(peer.ip);
     if peer.trusted {
         let prior: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -229,6 +228,19 @@ pub fn set_forwarding_headers(
         headers.insert(X_REAL_IP, ip);
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// The address as a header value, formatted on the stack (one allocation, for the value itself).
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    // The longest text form of an IPv6 address with an embedded IPv4 one is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    if write!(w, "{ip}").is_err() {
+        return HeaderValue::from_static("unknown");
+    }
+    let len = 64 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Makes the request an upstream request and sends it; the response comes back with hop-by-hop headers removed.
@@ -291,13 +303,17 @@ pub async fn forward(
         }
         _ => None,
     };
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(ProxyError::Uri)?;
+    // The client's path and query are kept as parsed (a shared buffer, not a copy).
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(route.upstream.scheme.clone());
+    parts.authority = Some(route.upstream.authority.clone());
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(parts).map_err(|e| ProxyError::Uri(e.into()))?;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
 

@@ -257,8 +257,11 @@ pub(crate) fn joined_groups(policy: &ServicePolicy, id: &Identity) -> Option<Str
 /// removed by a later hop-by-hop pass.
 pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut HeaderMap) {
     let h = &policy.headers;
-    for name in RESERVED {
-        headers.remove(name);
+    // Usually none is present: one pass over the request's names instead of parsing and looking up 17 names.
+    if headers.keys().any(|k| RESERVED.contains(&k.as_str())) {
+        for name in RESERVED {
+            headers.remove(name);
+        }
     }
     for name in h.all_names() {
         headers.remove(name);

@@ -117,6 +117,10 @@ pub struct Route {
     pub response_timeout: Duration,
     /// The pooled client for this upstream.
     pub client: UpstreamClient,
+    /// `name` as shared by every request's access record and metric labels (no per-request copy).
+    pub name_label: std::sync::Arc<str>,
+    /// `upstream` as written in the access log, made once.
+    pub upstream_label: std::sync::Arc<str>,
 }
 
 /// The whole runtime configuration.

@@ -448,10 +448,13 @@ fn build_route(
     if problems.len() > before {
         return None;
     }
+    let upstream = upstream?;
     Some(Route {
         name: name.to_owned(),
         hosts,
-        upstream: upstream?,
+        name_label: name.into(),
+        upstream_label: upstream.to_string().into(),
+        upstream,
         policy,
         preserve_host: svc.preserve_host.unwrap_or(true),
         response_timeout,

@@ -32,7 +32,7 @@ pub(crate) struct AccessRecord {
     /// Service name, `-` when none matched.
     pub(crate) service: Arc<str>,
     /// Upstream, when the request was forwarded.
-    pub(crate) upstream: Option<Box<str>>,
+    pub(crate) upstream: Option<Arc<str>>,
     /// Request id.
     pub(crate) request_id: http::HeaderValue,
     /// Client address.

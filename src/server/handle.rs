@@ -29,6 +29,10 @@ const PORTAL_SERVICE: &str = "portal";
 /// The service name in logs for forward-auth calls on the portal host.
 const FORWARD_AUTH_SERVICE: &str = "forward-auth";
 
+/// [`NO_SERVICE`], allocated once.
+static NO_SERVICE_LABEL: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from(NO_SERVICE));
+
 /// Longest `X-Request-Id` accepted from a client; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -52,7 +56,7 @@ pub(crate) async fn handle(
             .into(),
         path,
         status: http::StatusCode::OK,
-        service: Arc::from(NO_SERVICE),
+        service: Arc::clone(&NO_SERVICE_LABEL),
         upstream: None,
         request_id: request_id.clone(),
         client: conn.peer,
@@ -85,7 +89,9 @@ async fn route_and_forward(
     let snap = shared.snapshot.load_full();
     let raw_host = raw_host.ok_or(RequestError::MissingHost)?;
     let host = Host::parse(raw_host.to_str().map_err(|_| RequestError::MissingHost)?)?;
-    record.host = host.as_str().into();
+    if *record.host != *host.as_str() {
+        record.host = host.as_str().into();
+    }
     if let Some(o) = snap.auth.oidc() {
         if host.as_str() == o.portal() || req.uri().path() == "/oauth2/handoff" {
             if let Some(cert) = &conn.cert {
@@ -139,7 +145,7 @@ async fn route_and_forward(
         .ok_or_else(|| RequestError::UnknownHost {
             host: host.to_string(),
         })?;
-    record.service = Arc::from(route.name.as_str());
+    record.service = Arc::clone(&route.name_label);
     if let Some(cert) = &conn.cert {
         if !cert.covers(host.as_str()) {
             return Err(RequestError::Misdirected {
@@ -209,7 +215,7 @@ async fn route_and_forward(
         ip: conn.peer.ip(),
         trusted: snap.trusted_proxies.is_trusted(conn.peer.ip()),
     };
-    record.upstream = Some(route.upstream.to_string().into());
+    record.upstream = Some(Arc::clone(&route.upstream_label));
     Ok(proxy::forward(
         req,
         route,

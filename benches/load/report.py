@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Turns the measurements of benches/load/run.sh into the table (stdout) and the JSON file.
+
+Usage: report.py RESULTS_TSV NOTES OUT_JSON REPO_ROOT key=value...
+"""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def sh(*cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except Exception:
+        return None
+
+
+def machine(root):
+    cpu = None
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_mib": mem,
+        "commit": sh("git", "-C", root, "rev-parse", "HEAD"),
+        "dirty": bool(sh("git", "-C", root, "status", "--porcelain", "--untracked-files=no")),
+        "versions": {
+            "wrk": sh("wrk", "--version"),
+            "h2load": sh("h2load", "--version"),
+            "nginx": sh("nginx", "-v"),
+            "haproxy": sh("haproxy", "-v"),
+            "caddy": sh("caddy", "version"),
+            "openssl": sh("openssl", "version"),
+        },
+    }
+
+
+def base_scenario(s):
+    return "64k" if s == "64k" else "small"
+
+
+def main():
+    results_tsv, notes_file, out, root = sys.argv[1:5]
+    params = dict(a.split("=", 1) for a in sys.argv[5:])
+    rows = []
+    for line in open(results_tsv):
+        f = line.rstrip("\n").split("\t")
+        if len(f) < 17:
+            continue
+        target, scenario, proto = f[0], f[1], f[2]
+        reqs, dur_us, p50, p99, ticks, clk = (int(x or 0) for x in f[3:9])
+        idle_rss, idle_pss, load_rss, load_pss, errors, proxy_core, load_core, other = (
+            int(x or 0) for x in f[9:17])
+        tokens = int(f[17]) if len(f) > 17 and f[17] else None
+        rps = reqs / (dur_us / 1e6) if dur_us else 0.0
+        rows.append({
+            "target": target,
+            "scenario": scenario,
+            "proto": proto,
+            "requests": reqs,
+            "seconds": round(dur_us / 1e6, 3),
+            "req_per_s": round(rps, 1),
+            "p50_ms": round(p50 / 1000, 3),
+            "p99_ms": round(p99 / 1000, 3),
+            "cpu_us_per_req": round(ticks / clk * 1e6 / reqs, 2) if reqs else None,
+            "rss_idle_mib": round(idle_rss / 1024, 1),
+            "pss_idle_mib": round(idle_pss / 1024, 1),
+            "rss_load_mib": round(load_rss / 1024, 1),
+            "pss_load_mib": round(load_pss / 1024, 1),
+            "errors": errors,
+            "proxy_core_busy_pct": proxy_core,
+            "load_core_busy_pct": load_core,
+            "other_cpu_pct": other,
+            "distinct_tokens": tokens,
+        })
+    index = {(r["target"], r["scenario"], r["proto"]): r for r in rows}
+
+    def rps(t, s, p):
+        r = index.get((t, s, p))
+        return r["req_per_s"] if r else None
+
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+
+    for r in rows:
+        b = base_scenario(r["scenario"])
+        r["ratio_to_origin"] = ratio(r["req_per_s"], rps("origin", b, r["proto"]))
+        r["ratio_to_nginx"] = ratio(r["req_per_s"], rps("nginx", b, r["proto"]))
+        if r["scenario"].startswith("jwt-") and r["scenario"].endswith("-miss"):
+            # The verified-claims cache holds 10,000 tokens: rotating through N distinct ones, at most
+            # 10,000/N of the requests can hit it.
+            n = r["distinct_tokens"] or 0
+            r["max_cache_hit_share"] = round(min(1.0, 10000 / n), 3) if n else None
+
+    head = ["target", "scenario", "proto", "req/s", "p50 ms", "p99 ms", "CPU us/req", "RSS MiB", "PSS MiB",
+            "idle RSS", "core P/L/other %", "x origin", "x nginx"]
+    table = [head]
+    fmt = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+    for r in rows:
+        table.append([r["target"], r["scenario"], r["proto"], fmt(r["req_per_s"], 0), fmt(r["p50_ms"]),
+                      fmt(r["p99_ms"]), fmt(r["cpu_us_per_req"], 1), fmt(r["rss_load_mib"], 1),
+                      fmt(r["pss_load_mib"], 1), fmt(r["rss_idle_mib"], 1),
+                      f'{r["proxy_core_busy_pct"]}/{r["load_core_busy_pct"]}/{r["other_cpu_pct"]}', fmt(r["ratio_to_origin"]),
+                      fmt(r["ratio_to_nginx"])])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    print()
+    for i, row in enumerate(table):
+        print("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+    # The targets of issue 6, from this run's own ratios.
+    checks = []
+
+    def check(name, value, goal, ok):
+        checks.append({"target": name, "value": value, "goal": goal,
+                       "met": None if value is None else bool(ok)})
+
+    def rec(t, s, p):
+        return index.get((t, s, p))
+
+    for p in ("h1", "h2"):
+        pc, ng = rec("portcullis", "small", p), rec("nginx", "small", p)
+        if pc and ng:
+            check(f"bypass small {p}: req/s vs nginx", ratio(pc["req_per_s"], ng["req_per_s"]), ">= 1.2",
+                  pc["req_per_s"] >= 1.2 * ng["req_per_s"])
+            check(f"bypass small {p}: p99 vs nginx", ratio(pc["p99_ms"], ng["p99_ms"]), "<= 1.0",
+                  pc["p99_ms"] <= ng["p99_ms"])
+        pc, ng = rec("portcullis", "64k", p), rec("nginx", "64k", p)
+        if pc and ng:
+            check(f"64 KiB {p}: req/s vs nginx", ratio(pc["req_per_s"], ng["req_per_s"]), ">= 1.0",
+                  pc["req_per_s"] >= ng["req_per_s"])
+        for r in rows:
+            if r["target"] != "portcullis" or r["proto"] != p or not r["scenario"].endswith("-hit"):
+                continue
+            byp, ng, ar = rec("portcullis", "small", p), rec("nginx", "small", p), rec(
+                "nginx+auth_request", "auth_request", p)
+            s = r["scenario"]
+            if byp:
+                v = ratio(r["req_per_s"], byp["req_per_s"])
+                check(f"{s} {p}: req/s vs bypass", v, ">= 0.9", v is not None and v >= 0.9)
+            if ng:
+                v = ratio(r["req_per_s"], ng["req_per_s"])
+                check(f"{s} {p}: req/s vs nginx", v, ">= 1.1", v is not None and v >= 1.1)
+            if ar:
+                v = ratio(r["req_per_s"], ar["req_per_s"])
+                check(f"{s} {p}: req/s vs nginx+auth_request", v, ">= 1.5", v is not None and v >= 1.5)
+    pcs = [r for r in rows if r["target"] == "portcullis"]
+    has = [r for r in rows if r["target"] == "haproxy"]
+    if pcs and has:
+        a, b = max(r["rss_load_mib"] for r in pcs), max(r["rss_load_mib"] for r in has)
+        check("memory under load: max RSS vs HAProxy", ratio(a, b), "<= 1.0", a <= b)
+    if pcs:
+        idle = min(r["rss_idle_mib"] for r in pcs)
+        check("idle RSS MiB", idle, "< 20", idle < 20)
+    if checks:
+        print("\nTargets (issue 6):")
+        for c in checks:
+            mark = {True: "met", False: "NOT met", None: "n/a"}[c["met"]]
+            print(f"  {c['target']:<48} {fmt(c['value'], 3):>8}  goal {c['goal']:<7} {mark}")
+    notes = [n.strip() for n in open(notes_file) if n.strip()]
+    if notes:
+        print("\nNotes:")
+        for n in notes:
+            print(f"  - {n}")
+
+    doc = {
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(root),
+        "parameters": params,
+        "results": rows,
+        "targets": checks,
+        "notes": notes,
+    }
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,631 @@
+#!/usr/bin/env bash
+# The side-by-side load benchmark (issue 6): Portcullis and the peer proxies found installed (nginx, HAProxy,
+# Caddy) as TLS-terminating reverse proxies in front of the same origin (`portcullis echo`), each pinned to one
+# core and driven from the other core with wrk (HTTP/1.1) and h2load (HTTP/2), 32 keep-alive connections.
+# Prints a table and writes benches/load/results/latest.json. Only ratios within one run mean anything.
+#
+# Usage: benches/load/run.sh            (from anywhere; builds the release binary first)
+# Environment:
+#   DURATION=10        seconds per measurement (plus a WARMUP-second run before each, not measured)
+#   WARMUP=2
+#   CONNECTIONS=32
+#   TARGETS="origin portcullis nginx nginx+auth_request haproxy caddy"   subset to run
+#   SCENARIOS="small 64k jwt-hit jwt-miss forward-auth session"          subset to run
+#   ALGS="rs256 es256 hs256"                                             JWT variants
+#   MISS_TOKENS=40000  distinct tokens per algorithm for the cache-miss scenarios
+#   PROXY_CPU=1 LOAD_CPU=0   cores for the proxy and for the load generator and origin
+#   NO_BUILD=1         use the existing release binary
+#   PORTCULLIS_BIN     binary to measure (default: the release build)
+#   PORTCULLIS_BASE_BIN   another binary, measured as "portcullis-base" before (and "portcullis-base2" after, if
+#                      listed in TARGETS) "portcullis" in the same run, for before/after comparisons
+#   OUT=benches/load/results/latest.json
+#   PERF_DATA=/tmp/perf.data   also `perf record -g` Portcullis during its measured run of PERF_RUN
+#   PERF_RUN="small h1"        (scenario and protocol)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+CONNECTIONS="${CONNECTIONS:-32}"
+TARGETS="${TARGETS:-origin portcullis-base portcullis nginx nginx+auth_request haproxy caddy}"
+SCENARIOS="${SCENARIOS:-small 64k jwt-hit jwt-miss forward-auth session}"
+ALGS="${ALGS:-rs256 es256 hs256}"
+MISS_TOKENS="${MISS_TOKENS:-40000}"
+PROXY_CPU="${PROXY_CPU:-1}"
+LOAD_CPU="${LOAD_CPU:-0}"
+OUT="${OUT:-$HERE/results/latest.json}"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "load: $*"; exit 1; }
+want() { [[ " $1 " == *" $2 "* ]]; }
+
+for tool in wrk h2load openssl python3 taskset curl; do
+    command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y wrk nghttp2-client openssl python3 util-linux curl"
+done
+python3 -c 'import cryptography' 2>/dev/null ||
+    die "python3 cryptography is missing: apt-get install -y python3-cryptography (or pip install cryptography)"
+
+# ------------------------------------------------------------------------------------------------- build, temp
+
+if [[ -z "${PORTCULLIS_BIN:-}" ]]; then
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    if [[ -z "${NO_BUILD:-}" ]]; then
+        say "building: cargo build --release"
+        (cd "$ROOT" && cargo build --release --quiet) || die "release build failed"
+    fi
+    PORTCULLIS_BIN="$TARGET_DIR/release/portcullis"
+fi
+[[ -x "$PORTCULLIS_BIN" ]] || die "no binary at $PORTCULLIS_BIN"
+
+TMP="$(mktemp -d /tmp/portcullis-load.XXXXXX)"
+STARTED=()
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts "$@" in the background pinned to a core, remembers its pid in $LAST_PID.
+start() {
+    local cpu="$1" log="$2"
+    shift 2
+    taskset -c "$cpu" "$@" >"$log" 2>&1 &
+    LAST_PID=$!
+    STARTED+=("$LAST_PID")
+}
+
+stop() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------------------------------------ certificates
+
+CERTS="$TMP/certs"
+mkdir -p "$CERTS"
+(
+    cd "$CERTS"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench test CA" \
+        -keyout ca.key -out ca.crt -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench.test" \
+        -keyout bench.key -out bench.csr 2>/dev/null
+    printf 'subjectAltName=DNS:bench.test,DNS:*.bench.test,DNS:localhost,IP:127.0.0.1\n' >ext.cnf
+    openssl x509 -req -in bench.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile ext.cnf -out bench.crt 2>/dev/null
+    cat bench.crt ca.crt >chain.crt
+    cat chain.crt bench.key >combined.pem
+    rm -f bench.csr ext.cnf ca.srl
+) || die "openssl could not make the test certificates"
+mkdir -p "$TMP/portcullis-certs"
+cp "$CERTS/chain.crt" "$TMP/portcullis-certs/bench.crt"
+cp "$CERTS/bench.key" "$TMP/portcullis-certs/bench.key"
+
+# ------------------------------------------------------------------------------------------------------ origin
+
+ORIGIN_PORT="$(free_port)"
+start "$LOAD_CPU" "$TMP/origin.log" env RUST_LOG=warn "$PORTCULLIS_BIN" echo --listen "127.0.0.1:$ORIGIN_PORT"
+ORIGIN_PID=$LAST_PID
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$ORIGIN_PORT/small" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$ORIGIN_PORT/small" >/dev/null || die "origin did not start: $(cat "$TMP/origin.log")"
+
+# ---------------------------------------------------------------------------------------------- tokens, JWKS
+
+ISS_JWKS="https://idp.bench.test"
+ISS_HMAC="bench-hmac"
+AUD="portcullis-bench"
+TOK="$TMP/tokens"
+mkdir -p "$TOK"
+if want "$SCENARIOS" jwt-hit || want "$SCENARIOS" jwt-miss; then
+    say "making keys and $MISS_TOKENS tokens per algorithm"
+    python3 "$HERE/tokens.py" "$TOK" "$ISS_JWKS" "$ISS_HMAC" "$AUD" "$MISS_TOKENS" || die "token generation failed"
+else
+    python3 "$HERE/tokens.py" "$TOK" "$ISS_JWKS" "$ISS_HMAC" "$AUD" 1 || die "token generation failed"
+fi
+JWKS_PORT="$(free_port)"
+start "$LOAD_CPU" "$TMP/jwks.log" python3 -m http.server --bind 127.0.0.1 --directory "$TOK" "$JWKS_PORT"
+for _ in $(seq 50); do
+    curl -sf "http://127.0.0.1:$JWKS_PORT/jwks.json" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+RESULTS="$TMP/results.tsv"
+NOTES="$TMP/notes.txt"
+: >"$RESULTS"
+: >"$NOTES"
+note() {
+    local text
+    text="$(tr '\n' ' ' <<<"$*" | sed 's/  */ /g; s/ $//')"
+    say "note: $text"
+    printf '%s\n' "$text" >>"$NOTES"
+}
+
+# "busy total" jiffies of one core, from /proc/stat.
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+
+# Busy share (percent) of a core between two core_jiffies readings.
+busy_pct() {
+    awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2];
+        printf "%d", (d > 0 ? 100 * (y[1] - x[1]) / d : 0)}'
+}
+CLK_TCK="$(getconf CLK_TCK)"
+
+# The process and its descendants.
+tree() {
+    local pid="$1" child
+    echo "$pid"
+    for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        tree "$child"
+    done
+}
+
+# CPU ticks (utime+stime) of the tree.
+cpu_ticks() {
+    local total=0 p t
+    for p in $(tree "$1"); do
+        t=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}') || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+# "RSS_KiB PSS_KiB" of the tree.
+memory() {
+    local rss=0 pss=0 p r s
+    for p in $(tree "$1"); do
+        r=$(awk '/^Rss:/ {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
+        s=$(awk '/^Pss:/ {print $2}' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
+        rss=$((rss + ${r:-0}))
+        pss=$((pss + ${s:-0}))
+    done
+    echo "$rss $pss"
+}
+
+# measure TARGET SCENARIO PROTO PID URL [HEADER] [TOKENS_FILE]
+# Runs a warm-up, then the measured run; samples memory half-way; appends a line to $RESULTS.
+measure() {
+    local target="$1" scenario="$2" proto="$3" pid="$4" url="$5" header="${6:-}" tokens="${7:-}"
+    local host authority path scheme port hdr=() out idle load t0 t1 o0 o1 reqs dur p50 p99 errors
+    scheme="${url%%://*}"
+    authority="${url#*://}"
+    authority="${authority%%/*}"
+    host="${authority%%:*}"
+    port="${authority##*:}"
+    path="/${url#*://*/}"
+    [[ -n "$header" ]] && hdr=(-H "$header")
+    idle="$(memory "$pid")"
+    local h2log="$TMP/h2load.log"
+    # Runs the load generator, then prints its CPU ticks (this subshell's reaped children) as LOADGEN_TICKS.
+    run_one() {
+        local secs="$1"
+        if [[ "$proto" == h1 ]]; then
+            # wrk connects to the URL's address: 127.0.0.1, with the service's name in Host.
+            TOKENS_FILE="$tokens" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
+                -s "$HERE/report.lua" -H "Host: $host" "${hdr[@]}" "$scheme://127.0.0.1:$port$path"
+        else
+            rm -f "$h2log"
+            taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNECTIONS" -m1 -D"$secs" --connect-to="127.0.0.1:$port" \
+                --log-file="$h2log" "${hdr[@]}" "$url"
+        fi
+        local me=$BASHPID
+        echo "LOADGEN_TICKS=$(sed 's/^.*) //' "/proc/$me/stat" | awk '{print $14 + $15}')"
+    }
+    (run_one "$WARMUP" >/dev/null 2>&1) || true
+    t0="$(cpu_ticks "$pid")"
+    o0=0
+    [[ "$pid" != "$ORIGIN_PID" ]] && o0="$(cpu_ticks "$ORIGIN_PID")"
+    local pc0 lc0 pc1 lc1
+    pc0="$(core_jiffies "$PROXY_CPU")"
+    lc0="$(core_jiffies "$LOAD_CPU")"
+    (sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 2}')"; memory "$pid" >"$TMP/load-mem") &
+    local sampler=$! perf_pid=""
+    if [[ -n "${PERF_DATA:-}" && "$target" == portcullis && "$scenario $proto" == "${PERF_RUN:-small h1}" ]]; then
+        perf record -F 999 -g -p "$pid" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+        perf_pid=$!
+    fi
+    out="$(run_one "$DURATION" 2>&1)" || true
+    t1="$(cpu_ticks "$pid")"
+    o1=0
+    [[ "$pid" != "$ORIGIN_PID" ]] && o1="$(cpu_ticks "$ORIGIN_PID")"
+    pc1="$(core_jiffies "$PROXY_CPU")"
+    lc1="$(core_jiffies "$LOAD_CPU")"
+    wait "$sampler" 2>/dev/null || true
+    if [[ -n "$perf_pid" ]]; then
+        wait "$perf_pid" 2>/dev/null || note "perf record failed: $(cat "$TMP/perf.log")"
+    fi
+    load="$(cat "$TMP/load-mem" 2>/dev/null || echo '0 0')"
+    if [[ "$proto" == h2 && -s "$h2log" ]]; then
+        out="$out
+$(python3 - "$h2log" <<'PY'
+import sys
+lat = []
+bad = 0
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if len(parts) < 3:
+        continue
+    lat.append(int(parts[2]))
+    if not 200 <= int(parts[1]) < 400:
+        bad += 1
+lat.sort()
+pct = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] if lat else 0
+print("H2_RESULT requests=%d p50_us=%d p99_us=%d errors_status=%d" % (len(lat), pct(0.50), pct(0.99), bad))
+PY
+)"
+    fi
+    local line
+    line="$(grep -E '^(WRK|H2)_RESULT' <<<"$out" | tail -1 || true)"
+    if [[ -z "$line" ]]; then
+        note "$target $scenario $proto: the load generator reported nothing: $(tail -3 <<<"$out" | tr '\n' ' ')"
+        return 0
+    fi
+    kv() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$line"; }
+    reqs="$(kv requests)"
+    p50="$(kv p50_us)"
+    p99="$(kv p99_us)"
+    if [[ "$proto" == h1 ]]; then
+        dur="$(kv duration_us)"
+        errors=$(($(kv errors_connect) + $(kv errors_read) + $(kv errors_write) + $(kv errors_status) + $(kv errors_timeout)))
+    else
+        # h2load's own elapsed time ("finished in 10.00s").
+        dur="$(sed -n 's/^finished in \([0-9.]*\)s.*/\1/p' <<<"$out" | awk '{printf "%d", $1 * 1000000}')"
+        errors="$(kv errors_status)"
+        local failed
+        failed="$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$out")"
+        errors=$((errors + ${failed:-0}))
+    fi
+    if [[ "${errors:-0}" -gt 0 ]]; then
+        note "$target $scenario $proto: $errors of $reqs requests failed or got a non-2xx/3xx status"
+    fi
+    # CPU on the two cores not spent by the proxy, the origin or the load generator (another user's build):
+    # percent of one core. Above 10 the run was disturbed and should be repeated.
+    local gen other
+    gen="$(sed -n 's/^LOADGEN_TICKS=//p' <<<"$out" | tail -1)"
+    other="$(awk -v a0="$pc0" -v a1="$pc1" -v b0="$lc0" -v b1="$lc1" -v own=$((t1 - t0 + o1 - o0 + ${gen:-0})) \
+        'BEGIN {split(a0, x, " "); split(a1, y, " "); split(b0, u, " "); split(b1, v, " ");
+            busy = (y[1] - x[1]) + (v[1] - u[1]); win = (y[2] - x[2]) / 1;
+            o = win > 0 ? 100 * (busy - own) / win : 0; printf "%d", (o < 0 ? 0 : o)}')"
+    if [[ "${other:-0}" -gt 10 ]]; then
+        note "$target $scenario $proto: disturbed, other processes used ${other}% of a core during the run; repeat it"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
+        "$reqs" "$dur" "$p50" "$p99" "$((t1 - t0))" "$CLK_TCK" "$idle" "$load" "${errors:-0}" \
+        "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}" "${tokens:+$(wc -l <"$tokens")}" |
+        sed 's/ /\t/g' >>"$RESULTS"
+    say "$(printf '  %-20s %-14s %-3s %8s req/s  p50 %6s us  p99 %6s us  busy: proxy core %s%%, load core %s%%, other %s%%' \
+        "$target" "$scenario" "$proto" "$(awk -v r="$reqs" -v d="$dur" 'BEGIN {printf "%.0f", r / (d / 1e6)}')" \
+        "$p50" "$p99" "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}")"
+}
+
+# Checks that a proxy answers through to the origin; "$1" is the https port.
+answers() {
+    local port="$1" host="${2:-app.bench.test}" path="${3:-/small}"
+    local i
+    for i in $(seq 100); do
+        if curl -sf --cacert "$CERTS/ca.crt" --resolve "$host:$port:127.0.0.1" "https://$host:$port$path" \
+            -o /dev/null 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# The bypass scenarios for a proxy on $port; h2 unless "$3" says h1only.
+bypass_scenarios() {
+    local target="$1" pid="$2" port="$3" base="${4:-}" protos="h1 h2"
+    local scenario path
+    for scenario in small 64k; do
+        want "$SCENARIOS" "$scenario" || continue
+        path=/small
+        [[ "$scenario" == 64k ]] && path=/bytes/65536
+        for proto in $protos; do
+            measure "$target" "$scenario" "$proto" "$pid" "https://app.bench.test:$port$base$path"
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------- targets
+
+if want "$TARGETS" origin; then
+    say "origin (plain HTTP, no proxy)"
+    for scenario in small 64k; do
+        want "$SCENARIOS" "$scenario" || continue
+        path=/small
+        [[ "$scenario" == 64k ]] && path=/bytes/65536
+        measure origin "$scenario" h1 "$ORIGIN_PID" "http://app.bench.test:$ORIGIN_PORT$path"
+        measure origin "$scenario" h2 "$ORIGIN_PID" "http://app.bench.test:$ORIGIN_PORT$path"
+    done
+fi
+
+run_portcullis() {
+    local name="$1" bin="$2" PC PORT ADMIN PID token alg proto code
+    say "$name ($bin)"
+    PC="$TMP/$name"
+    mkdir -p "$PC"
+    PORT="$(free_port)"
+    ADMIN="$(free_port)"
+    cat >"$PC/bench.toml" <<EOF
+domain = "bench.test"
+
+[server]
+https = "127.0.0.1:$PORT"
+admin = "127.0.0.1:$ADMIN"
+watch = false
+shutdown_grace_secs = 1
+
+[tls]
+certs_dir = "$TMP/portcullis-certs"
+
+[[auth.issuers]]
+name = "jwks"
+issuer = "$ISS_JWKS"
+jwks_uri = "http://127.0.0.1:$JWKS_PORT/jwks.json"
+audiences = ["$AUD"]
+algorithms = ["RS256", "ES256"]
+
+[[auth.issuers]]
+name = "hmac"
+issuer = "$ISS_HMAC"
+secret_file = "$TOK/hmac-secret"
+audiences = ["$AUD"]
+algorithms = ["HS256"]
+
+[services.app]
+upstream = "http://127.0.0.1:$ORIGIN_PORT"
+hosts = ["app.bench.test"]
+bypass_auth = true
+
+[services.api]
+upstream = "http://127.0.0.1:$ORIGIN_PORT"
+hosts = ["api.bench.test"]
+issuers = ["jwks", "hmac"]
+EOF
+    # Access logs are info-level events; warn keeps them off, like `access_log off` for the peers.
+    start "$PROXY_CPU" "$PC/log" env RUST_LOG=warn "$bin" run --config "$PC/bench.toml"
+    PID=$LAST_PID
+    if ! answers "$PORT"; then
+        note "$name did not start: $(tail -5 "$PC/log")"
+    else
+        sleep 1
+        bypass_scenarios "$name" "$PID" "$PORT"
+        for alg in $ALGS; do
+            token="$(cat "$TOK/token-$alg.txt")"
+            if want "$SCENARIOS" jwt-hit; then
+                for proto in h1 h2; do
+                    measure "$name" "jwt-$alg-hit" "$proto" "$PID" "https://api.bench.test:$PORT/small" \
+                        "Authorization: Bearer $token"
+                done
+            fi
+            if want "$SCENARIOS" jwt-miss; then
+                # h2load cannot vary a header per request: HTTP/1.1 only.
+                measure "$name" "jwt-$alg-miss" h1 "$PID" "https://api.bench.test:$PORT/small" "" \
+                    "$TOK/tokens-$alg.txt"
+            fi
+        done
+        if want "$SCENARIOS" forward-auth; then
+            code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/api/authz/auth-request" || true)"
+            if [[ "$code" == 404 || "$code" == 000 ]]; then
+                note "forward-auth: skipped, /api/authz/auth-request does not answer on the admin listener (HTTP $code); the endpoint is not built yet"
+            else
+                token="$(cat "$TOK/token-hs256.txt")"
+                for proto in h1 h2; do
+                    measure "$name" forward-auth "$proto" "$PID" \
+                        "http://app.bench.test:$ADMIN/api/authz/auth-request" "Authorization: Bearer $token"
+                done
+            fi
+        fi
+        if want "$SCENARIOS" session; then
+            if ! grep -q 'pub session:' "$ROOT/src/config/file.rs" 2>/dev/null; then
+                note "session: skipped, no [session] configuration yet (src/config/file.rs)"
+            elif ! "$bin" --help | grep -q 'session-cookie'; then
+                note "session: skipped, [session]/[oidc] keys exist but sessions are not wired into request authorization yet and there is no way to mint a cookie outside a browser sign-in"
+            fi
+        fi
+    fi
+    stop "$PID"
+}
+
+# A second binary measured in the same run (before/after comparisons): PORTCULLIS_BASE_BIN=path.
+if [[ -n "${PORTCULLIS_BASE_BIN:-}" ]] && want "$TARGETS" portcullis-base; then
+    run_portcullis portcullis-base "$PORTCULLIS_BASE_BIN"
+fi
+want "$TARGETS" portcullis && run_portcullis portcullis "$PORTCULLIS_BIN"
+if [[ -n "${PORTCULLIS_BASE_BIN:-}" ]] && want "$TARGETS" portcullis-base2; then
+    run_portcullis portcullis-base2 "$PORTCULLIS_BASE_BIN"
+fi
+
+NGINX_TARGETS=""
+want "$TARGETS" nginx && NGINX_TARGETS="nginx"
+want "$TARGETS" nginx+auth_request && NGINX_TARGETS="$NGINX_TARGETS nginx+auth_request"
+if [[ -n "$NGINX_TARGETS" ]]; then
+    if ! command -v nginx >/dev/null; then
+        note "nginx: not installed (apt-get install -y nginx)"
+    else
+        NG="$TMP/nginx"
+        mkdir -p "$NG"
+        PORT="$(free_port)"
+        cat >"$NG/nginx.conf" <<EOF
+worker_processes 1;
+pid $NG/nginx.pid;
+error_log $NG/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $NG/body;
+    proxy_temp_path $NG/proxy;
+    fastcgi_temp_path $NG/fastcgi;
+    uwsgi_temp_path $NG/uwsgi;
+    scgi_temp_path $NG/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$PORT ssl http2;
+        server_name app.bench.test api.bench.test;
+        ssl_certificate $CERTS/chain.crt;
+        ssl_certificate_key $CERTS/bench.key;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host \$host;
+        proxy_set_header X-Forwarded-For \$remote_addr;
+        proxy_set_header X-Forwarded-Proto https;
+        proxy_set_header X-Forwarded-Host \$host;
+        proxy_set_header X-Real-IP \$remote_addr;
+        proxy_set_header X-Request-Id \$request_id;
+        location / {
+            proxy_pass http://origin;
+        }
+        # The shape built today with an auth server: every request first asks it, then goes upstream.
+        location /authreq/ {
+            auth_request /_auth;
+            proxy_pass http://origin/;
+        }
+        location = /_auth {
+            internal;
+            proxy_pass http://origin/small;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+    }
+}
+EOF
+        start "$PROXY_CPU" "$NG/out.log" nginx -c "$NG/nginx.conf" -e "$NG/error.log" -g 'daemon off;'
+        PID=$LAST_PID
+        if ! answers "$PORT"; then
+            note "nginx did not start: $(tail -5 "$NG/error.log" "$NG/out.log" 2>/dev/null)"
+        else
+            sleep 1
+            want "$NGINX_TARGETS" nginx && bypass_scenarios nginx "$PID" "$PORT"
+            if want "$NGINX_TARGETS" nginx+auth_request && want "$SCENARIOS" small; then
+                token="$(cat "$TOK/token-hs256.txt")"
+                for proto in h1 h2; do
+                    measure nginx+auth_request auth_request "$proto" "$PID" \
+                        "https://app.bench.test:$PORT/authreq/small" "Authorization: Bearer $token"
+                done
+            fi
+        fi
+        stop "$PID"
+    fi
+fi
+
+if want "$TARGETS" haproxy; then
+    if ! command -v haproxy >/dev/null; then
+        note "haproxy: not installed (apt-get install -y haproxy)"
+    else
+        HA="$TMP/haproxy"
+        mkdir -p "$HA"
+        PORT="$(free_port)"
+        cat >"$HA/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 120s
+    timeout server 60s
+    timeout http-keep-alive 120s
+    option http-keep-alive
+    http-reuse always
+frontend https
+    bind 127.0.0.1:$PORT ssl crt $CERTS/combined.pem alpn h2,http/1.1
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Request-Id %[uuid]
+    default_backend origin
+backend origin
+    server o 127.0.0.1:$ORIGIN_PORT
+EOF
+        start "$PROXY_CPU" "$HA/out.log" haproxy -db -f "$HA/haproxy.cfg"
+        PID=$LAST_PID
+        if ! answers "$PORT"; then
+            note "haproxy did not start: $(tail -5 "$HA/out.log")"
+        else
+            sleep 1
+            bypass_scenarios haproxy "$PID" "$PORT"
+        fi
+        stop "$PID"
+    fi
+fi
+
+if want "$TARGETS" caddy; then
+    if ! command -v caddy >/dev/null; then
+        note "caddy: not installed (apt-get install -y caddy)"
+    else
+        CD="$TMP/caddy"
+        mkdir -p "$CD"
+        PORT="$(free_port)"
+        cat >"$CD/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+    servers {
+        protocols h1 h2
+    }
+}
+https://:$PORT {
+    bind 127.0.0.1
+    tls $CERTS/chain.crt $CERTS/bench.key
+    reverse_proxy 127.0.0.1:$ORIGIN_PORT {
+        header_up X-Real-IP {remote_host}
+        header_up X-Request-Id {http.request.uuid}
+        transport http {
+            keepalive 90s
+            keepalive_idle_conns 64
+        }
+    }
+}
+EOF
+        start "$PROXY_CPU" "$CD/out.log" env XDG_DATA_HOME="$CD/data" XDG_CONFIG_HOME="$CD/config" HOME="$CD" \
+            caddy run --config "$CD/Caddyfile" --adapter caddyfile
+        PID=$LAST_PID
+        if ! answers "$PORT"; then
+            note "caddy did not start: $(tail -5 "$CD/out.log")"
+        else
+            sleep 1
+            bypass_scenarios caddy "$PID" "$PORT"
+        fi
+        stop "$PID"
+    fi
+fi
+
+stop "$ORIGIN_PID"
+
+# ------------------------------------------------------------------------------------------------------ report
+
+mkdir -p "$(dirname "$OUT")"
+python3 "$HERE/report.py" "$RESULTS" "$NOTES" "$OUT" "$ROOT" \
+    "duration=$DURATION" "warmup=$WARMUP" "connections=$CONNECTIONS" "miss_tokens=$MISS_TOKENS" \
+    "proxy_cpu=$PROXY_CPU" "load_cpu=$LOAD_CPU" "binary=$PORTCULLIS_BIN"
