@@ -166,10 +166,12 @@ def main():
                 v = ratio(r["req_per_s"], ar["req_per_s"])
                 check(f"{s} {p}: req/s vs nginx+auth_request", v, ">= 1.5", v is not None and v >= 1.5)
     pcs = [r for r in rows if r["target"] == "portcullis"]
-    has = [r for r in rows if r["target"] == "haproxy"]
-    if pcs and has:
-        a, b = max(r["rss_load_mib"] for r in pcs), max(r["rss_load_mib"] for r in has)
-        check("memory under load: max RSS vs HAProxy", ratio(a, b), "<= 1.0", a <= b)
+    for s in ("small", "64k"):
+        for p in ("h1", "h2"):
+            pc, ha = rec("portcullis", s, p), rec("haproxy", s, p)
+            if pc and ha:
+                a, b = pc["rss_load_mib"], ha["rss_load_mib"]
+                check(f"memory under load, {s} {p}: RSS vs HAProxy", ratio(a, b), "<= 1.0", a <= b)
     if pcs:
         idle = min(r["rss_idle_mib"] for r in pcs)
         check("idle RSS MiB", idle, "< 20", idle < 20)

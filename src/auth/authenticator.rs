@@ -421,7 +421,7 @@ impl Authenticator {
         match &issuer.kind {
             IssuerKind::Hmac(_) => true,
             IssuerKind::Jwks(_) => {
-                let Some(snap) = self.inner.keys.get(&issuer.cache_key()).await else {
+                let Some(snap) = self.inner.keys.get(issuer.cache_key()).await else {
                     return false;
                 };
                 self.now() < snap.usable_until && snap.keys.as_ref().is_some_and(|k| k.has_kid(kid))
@@ -442,7 +442,7 @@ impl Authenticator {
         let t = &auth.jwks;
         let key = issuer.cache_key();
         let now = self.now();
-        let mut snap = self.inner.keys.get(&key).await;
+        let mut snap = self.inner.keys.get(key).await;
         let needs_fetch = match &snap {
             None => true,
             Some(s) => s.keys.is_none() || now >= s.fresh_until,
@@ -515,7 +515,7 @@ impl Authenticator {
         let result = self
             .inner
             .keys
-            .entry(issuer.cache_key())
+            .entry(issuer.cache_key().to_owned())
             .and_compute_with(|current| async move {
                 let current = current.map(|e| e.into_value());
                 if current.as_ref().map(|c| c.generation) != seen {
@@ -694,7 +694,7 @@ impl Authenticator {
         self.inner
             .keys
             .insert(
-                iss.cache_key(),
+                iss.cache_key().to_owned(),
                 Arc::new(KeySnapshot {
                     keys: Some(Arc::new(keys)),
                     generation: 1,

@@ -125,6 +125,8 @@ pub struct Issuer {
     /// Digest of everything that decides whether a token verifies; a verified-claims cache entry made under
     /// another configuration of the same issuer is not reused.
     pub(crate) fingerprint: [u8; 32],
+    /// See [`Issuer::cache_key`]; made once, as it is looked up on every request with a token.
+    cache_key: String,
 }
 
 impl Issuer {
@@ -154,12 +156,8 @@ impl Issuer {
     }
 
     /// The key of this issuer's JWKS cache entry: issuer URL plus key source.
-    pub(crate) fn cache_key(&self) -> String {
-        match &self.kind {
-            IssuerKind::Hmac(_) => self.url.clone(),
-            IssuerKind::Jwks(JwksSource::Explicit(u)) => format!("{} {u}", self.url),
-            IssuerKind::Jwks(JwksSource::Discovery(u)) => format!("{} {u}", self.url),
-        }
+    pub(crate) fn cache_key(&self) -> &str {
+        &self.cache_key
     }
 }
 
@@ -524,7 +522,13 @@ pub(crate) fn build_issuer(
     for a in &algorithms {
         h.update(format!("{a:?}").as_bytes());
     }
+    let cache_key = match &kind {
+        IssuerKind::Hmac(_) => url.to_owned(),
+        IssuerKind::Jwks(JwksSource::Explicit(u)) => format!("{url} {u}"),
+        IssuerKind::Jwks(JwksSource::Discovery(u)) => format!("{url} {u}"),
+    };
     Some(Issuer {
+        cache_key,
         name: f.name.clone().unwrap_or_else(|| url.to_owned()),
         url: url.to_owned(),
         kind,
