@@ -1337,3 +1337,140 @@ pub async fn online_check(o: &OidcSettings) -> Vec<String> {
     }
     findings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::{FileOidc, FileSession};
+
+    fn settings() -> Arc<OidcSettings> {
+        let mut auth = AuthSettings::default();
+        let mut problems = Problems::default();
+        let oidc = FileOidc {
+            issuer: Some("https://idp.example.test".into()),
+            client_id: Some("gw".into()),
+            client_secret: Some("secret".into()),
+            ..FileOidc::default()
+        };
+        let session = FileSession {
+            secret: Some("0123456789abcdef0123456789abcdef-unit".into()),
+            ..FileSession::default()
+        };
+        build_oidc(
+            Some(&oidc),
+            Some(&session),
+            Some("example.test"),
+            Path::new(""),
+            &mut auth,
+            &mut problems,
+        );
+        assert!(
+            problems.is_empty(),
+            "{:?}",
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>()
+        );
+        auth.oidc.clone().expect("oidc settings")
+    }
+
+    fn callback_with_state(o: &OidcSettings, created: u64) -> (HeaderMap, CallbackQuery) {
+        let login = LoginState {
+            state: "STATE-abc".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            rd: "https://app.example.test/".into(),
+            created,
+        };
+        let set = o
+            .cookies
+            .login_cookie(&login.state, &serde_json::to_string(&login).expect("json"));
+        let mut h = HeaderMap::new();
+        let pair = set.split(';').next().expect("pair").to_owned();
+        h.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&pair).expect("header"),
+        );
+        let q = CallbackQuery {
+            code: Some("c".into()),
+            state: Some(login.state),
+            ..CallbackQuery::default()
+        };
+        (h, q)
+    }
+
+    #[test]
+    fn issue_4_state_older_than_the_login_window_is_expired() {
+        let o = settings();
+        let (h, q) = callback_with_state(&o, 1_000);
+        assert!(login_state(&o, &h, &q, 1_000 + LOGIN_TTL_SECS).is_ok());
+        assert!(matches!(
+            login_state(&o, &h, &q, 1_000 + LOGIN_TTL_SECS + 1),
+            Err(OidcError::StateExpired)
+        ));
+    }
+
+    #[test]
+    fn state_cookie_for_another_state_is_missing() {
+        let o = settings();
+        let (h, mut q) = callback_with_state(&o, 1_000);
+        q.state = Some("OTHER-state".into());
+        assert!(matches!(
+            login_state(&o, &h, &q, 1_001),
+            Err(OidcError::StateMissing)
+        ));
+    }
+
+    #[test]
+    fn single_label_cookie_domain_is_refused() {
+        let mut auth = AuthSettings::default();
+        let mut problems = Problems::default();
+        let oidc = FileOidc {
+            issuer: Some("https://idp.example.test".into()),
+            client_id: Some("gw".into()),
+            client_secret: Some("secret".into()),
+            portal: Some("auth.localhost".into()),
+            cookie_domains: Some(vec!["localhost".into()]),
+            ..FileOidc::default()
+        };
+        let session = FileSession {
+            secret: Some("0123456789abcdef0123456789abcdef-unit".into()),
+            ..FileSession::default()
+        };
+        build_oidc(
+            Some(&oidc),
+            Some(&session),
+            None,
+            Path::new(""),
+            &mut auth,
+            &mut problems,
+        );
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("oidc.cookie_domains.0") && t.contains("single-label")),
+            "{text:?}"
+        );
+        assert!(auth.oidc.is_none());
+    }
+
+    #[test]
+    fn id_token_clock_skew_names_the_leeway_setting() {
+        let o = settings();
+        let now = 10_000;
+        let mut claims = Map::new();
+        claims.insert("iss".into(), Value::from(o.issuer.url.clone()));
+        claims.insert("aud".into(), Value::from("gw"));
+        claims.insert("sub".into(), Value::from("alice"));
+        claims.insert("nonce".into(), Value::from("n"));
+        claims.insert("exp".into(), Value::from(now + 300));
+        claims.insert("iat".into(), Value::from(now + 3_600));
+        let err = check_id_token(&o, &claims, Some("n"), now).expect_err("issued in the future");
+        assert!(matches!(err, OidcError::ClockSkew { .. }));
+        assert!(err.to_string().contains("oidc.leeway_secs"), "{err}");
+        claims.insert("iat".into(), Value::from(now));
+        assert!(check_id_token(&o, &claims, Some("n"), now).is_ok());
+        assert!(matches!(
+            check_id_token(&o, &claims, Some("other"), now),
+            Err(OidcError::IdToken { .. })
+        ));
+    }
+}

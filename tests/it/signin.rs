@@ -885,9 +885,9 @@ async fn signin_replicas_share_sessions_through_redis() -> Result<()> {
         return Ok(());
     };
     let mut opts = Opts::basic().session(&format!("store = {:?}", redis.url()));
-    opts.replicas = 2;
+    opts.replicas = 3;
     let env = env!(opts);
-    let (one, two) = (&env.gws[0], &env.gws[1]);
+    let (one, two, three) = (&env.gws[0], &env.gws[1], &env.gws[2]);
     let b = env.browser();
     let set = env
         .signed_in(&b, &one.url(APP, "/"), "alice", "alice-pw")
@@ -897,8 +897,10 @@ async fn signin_replicas_share_sessions_through_redis() -> Result<()> {
     let echo = env.echo_at(&b, &two.url(OTHER, "/via-two")).await?;
     assert_eq!(echo.header("remote-user"), Some("alice"));
     assert_eq!(env.api_status(&b, &one.url(APP, "/")).await?, 200);
+    let echo = env.echo_at(&b, &three.url(OTHER, "/via-three")).await?;
+    assert_eq!(echo.header("remote-user"), Some("alice"));
 
-    // Signed out through the other replica: the first stops accepting the session within about a second.
+    // Signed out through the second replica: the others stop accepting the session within about a second.
     let res = b.get(two.url(PORTAL, "/oauth2/sign_out")).send().await?;
     assert_eq!(res.status(), StatusCode::FOUND);
     let api = env.api();
@@ -916,6 +918,20 @@ async fn signin_replicas_share_sessions_through_redis() -> Result<()> {
     assert!(
         gone,
         "replica one still accepts a session signed out on replica two"
+    );
+    let gone_three = wait_until(Duration::from_secs(3), || async {
+        api.get(three.url(APP, "/"))
+            .header(COOKIE, &old)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map(|r| r.status() == StatusCode::UNAUTHORIZED)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        gone_three,
+        "replica three still accepts a session signed out on replica two"
     );
     assert!(
         t0.elapsed() < Duration::from_millis(2500),
