@@ -884,13 +884,9 @@ pub(crate) async fn exchange(
             reason: e.to_string(),
         })?
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()));
-    if let ClientAuth::PrivateKeyJwt(k) = &auth {
-        let assertion = client_assertion(o, p, k, now)?;
+    if let Some(assertion) = client_assertion_for(o, p, &auth, now)? {
         req = req
-            .add_extra_param(
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            )
+            .add_extra_param("client_assertion_type", JWT_BEARER_ASSERTION)
             .add_extra_param("client_assertion", assertion);
     }
     let http = http_client(&o.client);
@@ -898,11 +894,33 @@ pub(crate) async fn exchange(
         .request_async(&http)
         .await
         .map_err(|e| token_error(e, &auth, redirect_uri))?;
-    Ok(Tokens {
-        id_token: resp.id_token().map(ToString::to_string),
-        access_token: resp.access_token().secret().clone(),
-        refresh_token: resp.refresh_token().map(|r| r.secret().clone()),
-    })
+    Ok(Tokens::from(&resp))
+}
+
+impl From<&openidconnect::core::CoreTokenResponse> for Tokens {
+    fn from(resp: &openidconnect::core::CoreTokenResponse) -> Self {
+        Tokens {
+            id_token: resp.id_token().map(ToString::to_string),
+            access_token: resp.access_token().secret().clone(),
+            refresh_token: resp.refresh_token().map(|r| r.secret().clone()),
+        }
+    }
+}
+
+/// The `client_assertion_type` of RFC 7523 §2.2.
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The client assertion to send, for `private_key_jwt`.
+fn client_assertion_for(
+    o: &OidcSettings,
+    p: &Provider,
+    auth: &ClientAuth,
+    now: u64,
+) -> Result<Option<String>, OidcError> {
+    match auth {
+        ClientAuth::PrivateKeyJwt(k) => client_assertion(o, p, k, now).map(Some),
+        ClientAuth::Auto | ClientAuth::Basic | ClientAuth::Post | ClientAuth::None => Ok(None),
+    }
 }
 
 /// Uses the refresh token (same client authentication as the sign-in).
@@ -920,13 +938,9 @@ pub(crate) async fn refresh(
         .map_err(|e| OidcError::BadDiscovery {
             reason: e.to_string(),
         })?;
-    if let ClientAuth::PrivateKeyJwt(k) = &auth {
-        let assertion = client_assertion(o, p, k, now)?;
+    if let Some(assertion) = client_assertion_for(o, p, &auth, now)? {
         req = req
-            .add_extra_param(
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            )
+            .add_extra_param("client_assertion_type", JWT_BEARER_ASSERTION)
             .add_extra_param("client_assertion", assertion);
     }
     let http = http_client(&o.client);
@@ -934,11 +948,7 @@ pub(crate) async fn refresh(
         .request_async(&http)
         .await
         .map_err(|e| token_error(e, &auth, ""))?;
-    Ok(Tokens {
-        id_token: resp.id_token().map(ToString::to_string),
-        access_token: resp.access_token().secret().clone(),
-        refresh_token: resp.refresh_token().map(|r| r.secret().clone()),
-    })
+    Ok(Tokens::from(&resp))
 }
 
 type Client = openidconnect::Client<
