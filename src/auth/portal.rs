@@ -608,7 +608,7 @@ impl Authenticator {
             ));
         };
         let id = super::identity::Identity::from_claims(
-            std::sync::Arc::new(s.claims.clone()),
+            std::sync::Arc::clone(&s.claims),
             &o.issuer,
             None,
         );
@@ -638,7 +638,7 @@ impl Authenticator {
         Ok(match session {
             Some(s) => {
                 let who = super::identity::Identity::from_claims(
-                    std::sync::Arc::new(s.claims.clone()),
+                    std::sync::Arc::clone(&s.claims),
                     &o.issuer,
                     None,
                 );

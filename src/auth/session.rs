@@ -29,8 +29,9 @@ pub(crate) struct Session {
     pub(crate) sub: String,
     /// The provider's session id (`sid`), for back-channel logout.
     pub(crate) sid: Option<String>,
-    /// ID token claims merged with userinfo claims, as of the last sign-in or refresh.
-    pub(crate) claims: Map<String, Value>,
+    /// ID token claims merged with userinfo claims, as of the last sign-in or refresh; shared, so turning a
+    /// session into an identity on every request does not copy them.
+    pub(crate) claims: Arc<Map<String, Value>>,
     /// The last ID token, for `id_token_hint` at sign-out.
     pub(crate) id_token: Option<String>,
     /// The refresh token, when the provider issued one.
@@ -705,7 +706,7 @@ mod tests {
             issuer: "https://idp".into(),
             sub: "alice".into(),
             sid: Some("sid1".into()),
-            claims: Map::new(),
+            claims: Arc::default(),
             id_token: None,
             refresh_token: None,
             created_at: 0,

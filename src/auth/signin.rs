@@ -165,7 +165,7 @@ impl Authenticator {
             session
         };
         Ok(Identity::from_claims(
-            Arc::new(session.claims.clone()),
+            Arc::clone(&session.claims),
             issuer,
             policy.groups_claim.as_ref(),
         ))
@@ -269,7 +269,7 @@ impl Authenticator {
                     return None;
                 }
             },
-            None => session.claims.clone(),
+            None => (*session.claims).clone(),
         };
         if o.userinfo {
             if let Err(e) =

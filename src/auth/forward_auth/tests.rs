@@ -226,7 +226,7 @@ impl Setup {
             issuer: "https://idp.example.test".into(),
             sub: "s-1".into(),
             sid: Some("provider-sid".into()),
-            claims,
+            claims: std::sync::Arc::new(claims),
             id_token: None,
             refresh_token: None,
             created_at: t,
