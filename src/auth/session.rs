@@ -87,6 +87,25 @@ pub(crate) struct MemoryStore {
     by_sub: Mutex<HashMap<String, HashSet<String>>>,
     /// One-time values (used sign-in states, hand-off codes) with their expiry.
     once: Mutex<HashMap<String, (String, u64)>>,
+    /// Writes since the last sweep of expired sessions.
+    writes: std::sync::atomic::AtomicU64,
+}
+
+/// Every this many writes, the in-process store drops expired sessions and their index entries, so sessions
+/// that are never read again (closed browsers) do not accumulate.
+const SWEEP_EVERY: u64 = 1024;
+
+impl MemoryStore {
+    fn sweep(&self, now: u64) {
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, (_, exp)| *exp > now);
+        for index in [&self.by_sid, &self.by_sub] {
+            lock(index).retain(|_, ids| {
+                ids.retain(|id| sessions.contains_key(id));
+                !ids.is_empty()
+            });
+        }
+    }
 }
 
 /// The Redis store: a connection manager that reconnects by itself, and a one-second local cache so the hot
@@ -181,6 +200,11 @@ impl Store {
         let ttl = expires_at.saturating_sub(now).max(1);
         match self {
             Store::Memory(m) => {
+                if m.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY
+                    == SWEEP_EVERY - 1
+                {
+                    m.sweep(now);
+                }
                 lock(&m.sessions).insert(id.to_owned(), (Arc::new(s.clone()), expires_at));
                 if let Some(sid) = &s.sid {
                     lock(&m.by_sid)
@@ -745,6 +769,48 @@ mod tests {
             1
         );
         assert!(s.get("b", 150).await.unwrap().is_none());
+    }
+
+    /// Regression: sessions that expired without being read again, and their sid/sub index entries, stayed in
+    /// memory forever.
+    #[tokio::test]
+    async fn memory_store_sweeps_sessions_that_expired_unread() {
+        let m = Arc::new(MemoryStore::default());
+        let s = Store::open(&StoreSpec::Memory, &m).unwrap();
+        let sess = |i: u64| Session {
+            issuer: "https://idp".into(),
+            sub: format!("user{i}"),
+            sid: Some(format!("sid{i}")),
+            claims: Arc::default(),
+            id_token: None,
+            refresh_token: None,
+            created_at: 0,
+            last_seen: 0,
+            refresh_at: 0,
+        };
+        for i in 0..SWEEP_EVERY {
+            s.put(&format!("old{i}"), &sess(i), 0, 10).await.unwrap();
+        }
+        // Later writes, after every earlier session expired, trigger a sweep.
+        for i in 0..SWEEP_EVERY {
+            s.put(&format!("new{i}"), &sess(SWEEP_EVERY + i), 100, 200)
+                .await
+                .unwrap();
+        }
+        assert!(
+            lock(&m.sessions).len() <= SWEEP_EVERY as usize,
+            "expired sessions were kept"
+        );
+        assert!(!lock(&m.sessions).keys().any(|k| k.starts_with("old")));
+        assert!(
+            !lock(&m.by_sid).contains_key("sid0"),
+            "index entries of expired sessions were kept"
+        );
+        assert!(!lock(&m.by_sub).contains_key("https://idp|user0"));
+        assert!(
+            s.get("new5", 150).await.unwrap().is_some(),
+            "live sessions survive a sweep"
+        );
     }
 
     #[tokio::test]
