@@ -106,6 +106,12 @@ pub fn respond(err: &RequestError, request_id: &str) -> Response<Full<Bytes>> {
         RequestError::Auth(_) if status == StatusCode::FORBIDDEN => "forbidden\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::UNAUTHORIZED => "unauthorized\n".to_owned(),
         RequestError::Auth(_) if status == StatusCode::BAD_REQUEST => "bad request\n".to_owned(),
+        RequestError::Auth(AuthError::SessionStore(_)) => format!(
+            "sign-in sessions are unavailable: the session store (session.store) cannot be reached; Bearer tokens still work (request id {request_id})\n"
+        ),
+        RequestError::Auth(AuthError::IssuerUnavailable { .. }) => format!(
+            "authentication unavailable: the token issuer's keys cannot be fetched (request id {request_id})\n"
+        ),
         RequestError::Auth(_) => format!("authentication unavailable (request id {request_id})\n"),
         RequestError::Proxy(_) if status == StatusCode::GATEWAY_TIMEOUT => {
             format!(

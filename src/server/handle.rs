@@ -269,6 +269,10 @@ fn log_error(err: &RequestError, r: &AccessRecord, shared: &Shared) {
                 .inc();
             tracing::warn!(route.name = %r.service, request.id = id, error = %crate::error::chain(e), "upstream request failed")
         }
+        // Our side cannot decide (store or issuer down): an operator must see the whole cause.
+        RequestError::Auth(e) if e.status().is_server_error() => {
+            tracing::warn!(route.name = %r.service, request.id = id, auth.decision = "deny", error = %crate::error::chain(e), "authentication unavailable")
+        }
         RequestError::Auth(e) => {
             tracing::info!(route.name = %r.service, request.id = id, auth.decision = "deny", auth.reason = %e, "request refused")
         }

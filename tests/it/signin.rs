@@ -953,10 +953,24 @@ async fn signin_redis_down_is_a_clear_503_and_recovers() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    env.signed_in(&env.browser(), &app, "alice", "alice-pw")
-        .await?;
+    let alice = env.browser();
+    env.signed_in(&alice, &app, "alice", "alice-pw").await?;
 
     redis.stop();
+    // A signed-in browser is told which setting is at fault (after the one-second local cache).
+    let told = wait_until(Duration::from_secs(5), || async {
+        match alice.get(&app).send().await {
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                r.text().await.unwrap_or_default().contains("session.store")
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(
+        told,
+        "a session request with Redis down did not get a 503 naming session.store"
+    );
     let b = env.browser();
     let res = env.sign_in(&b, &app, "bob", "bob-pw").await?;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
