@@ -332,7 +332,7 @@ pub fn build_oidc(
             );
         }
     }
-    let s = session.map_or_else(FileSession::default, clone_session);
+    let s = session.cloned().unwrap_or_default();
     let key = resolve_secret(
         s.secret.as_deref(),
         s.secret_file.as_deref(),
@@ -461,18 +461,6 @@ pub fn build_oidc(
         refresh_every,
         client,
     }));
-}
-
-fn clone_session(s: &FileSession) -> FileSession {
-    FileSession {
-        secret: s.secret.clone(),
-        secret_file: s.secret_file.clone(),
-        store: s.store.clone(),
-        cookie_name: s.cookie_name.clone(),
-        idle_timeout_secs: s.idle_timeout_secs,
-        max_lifetime_secs: s.max_lifetime_secs,
-        refresh_secs: s.refresh_secs,
-    }
 }
 
 fn private_key(

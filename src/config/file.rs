@@ -317,7 +317,7 @@ pub struct FileOidc {
 }
 
 /// `[session]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSession {
     /// Key (at least 32 bytes) that signs session cookies and encrypts sign-in state; share it between replicas.

@@ -94,14 +94,7 @@ async fn route_and_forward(
     }
     if let Some(o) = snap.auth.oidc() {
         if host.as_str() == o.portal() || req.uri().path() == "/oauth2/handoff" {
-            if let Some(cert) = &conn.cert {
-                if !cert.covers(host.as_str()) {
-                    return Err(RequestError::Misdirected {
-                        host: host.to_string(),
-                        sni: conn.sni.clone(),
-                    });
-                }
-            }
+            covered(conn, &host)?;
             if host.as_str() == o.portal() {
                 if let Some(endpoint) = Endpoint::from_path(req.uri().path()) {
                     record.service = Arc::from(FORWARD_AUTH_SERVICE);
@@ -121,14 +114,7 @@ async fn route_and_forward(
         }
     }
     if snap.forward_auth_hosts.iter().any(|h| h == host.as_str()) {
-        if let Some(cert) = &conn.cert {
-            if !cert.covers(host.as_str()) {
-                return Err(RequestError::Misdirected {
-                    host: host.to_string(),
-                    sni: conn.sni.clone(),
-                });
-            }
-        }
+        covered(conn, &host)?;
         record.service = Arc::from(FORWARD_AUTH_SERVICE);
         let resp = match Endpoint::from_path(req.uri().path()) {
             Some(endpoint) => super::authz::serve(endpoint, &req, conn.peer.ip(), shared).await,
@@ -146,14 +132,7 @@ async fn route_and_forward(
             host: host.to_string(),
         })?;
     record.service = Arc::clone(&route.name_label);
-    if let Some(cert) = &conn.cert {
-        if !cert.covers(host.as_str()) {
-            return Err(RequestError::Misdirected {
-                host: host.to_string(),
-                sni: conn.sni.clone(),
-            });
-        }
-    }
+    covered(conn, &host)?;
     if req.method() == http::Method::CONNECT && !proxy::is_h2_websocket(&req) {
         return Err(RequestError::Connect);
     }
@@ -227,6 +206,18 @@ async fn route_and_forward(
     )
     .await?
     .map(Either::Left))
+}
+
+/// The certificate presented on this connection must cover the host (RFC 9110 §15.5.20: 421 otherwise), so a
+/// connection opened for one name cannot be reused for another service.
+fn covered(conn: &ConnInfo, host: &Host) -> Result<(), RequestError> {
+    match &conn.cert {
+        Some(cert) if !cert.covers(host.as_str()) => Err(RequestError::Misdirected {
+            host: host.to_string(),
+            sni: conn.sni.clone(),
+        }),
+        Some(_) | None => Ok(()),
+    }
 }
 
 /// The host the client addressed: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.
