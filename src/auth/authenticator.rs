@@ -305,7 +305,7 @@ impl Authenticator {
         if jwt::looks_like_jwt(token) {
             self.authenticate_jwt(auth, policy, token).await
         } else {
-            self.introspect(auth, policy, token).await
+            Box::pin(self.introspect(auth, policy, token)).await
         }
     }
 
@@ -457,7 +457,7 @@ impl Authenticator {
                             + FAILURE_BACKOFF_SECS.min(t.unknown_kid_cooldown.as_secs())
             });
             if retry_ok {
-                let (s, err) = self.refresh(issuer, t, seen).await;
+                let (s, err) = Box::pin(self.refresh(issuer, t, seen)).await;
                 snap = s;
                 last_error = err;
             }
@@ -482,7 +482,7 @@ impl Authenticator {
         let mut set = s.keys.clone().unwrap_or_default();
         if !set.has_kid(kid) && now >= s.last_attempt + t.unknown_kid_cooldown.as_secs() {
             tracing::debug!(auth.issuer = %issuer.url, auth.kid = kid.unwrap_or(""), "unknown key id, refetching keys");
-            let (fresh, _) = self.refresh(issuer, t, Some(s.generation)).await;
+            let (fresh, _) = Box::pin(self.refresh(issuer, t, Some(s.generation))).await;
             if let Some(k) = fresh.and_then(|f| f.keys.clone()) {
                 set = k;
             }

@@ -167,21 +167,25 @@ impl Store {
                 if let Some(s) = r.local.get(id) {
                     return Ok(Some(s));
                 }
-                let mut c = r.conn().await?;
-                let raw: Option<String> = redis::cmd("GET")
-                    .arg(format!("{PREFIX}session:{id}"))
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| r.err(e))?;
-                match raw {
-                    None => Ok(None),
-                    Some(json) => {
-                        let s: Arc<Session> =
-                            Arc::new(serde_json::from_str(&json).map_err(StoreError::Corrupt)?);
-                        r.local.insert(id.to_owned(), Arc::clone(&s));
-                        Ok(Some(s))
+                // Boxed: the Redis round trip would otherwise enlarge the future of every session request.
+                Box::pin(async {
+                    let mut c = r.conn().await?;
+                    let raw: Option<String> = redis::cmd("GET")
+                        .arg(format!("{PREFIX}session:{id}"))
+                        .query_async(&mut c)
+                        .await
+                        .map_err(|e| r.err(e))?;
+                    match raw {
+                        None => Ok(None),
+                        Some(json) => {
+                            let s: Arc<Session> =
+                                Arc::new(serde_json::from_str(&json).map_err(StoreError::Corrupt)?);
+                            r.local.insert(id.to_owned(), Arc::clone(&s));
+                            Ok(Some(s))
+                        }
                     }
-                }
+                })
+                .await
             }
         }
     }

@@ -138,7 +138,7 @@ impl Authenticator {
         if session.last_seen + o.idle.as_secs() <= now
             || session.created_at + o.max_lifetime.as_secs() <= now
         {
-            let _ = store.delete(&id).await;
+            let _ = Box::pin(store.delete(&id)).await;
             return Err(AuthError::SignInRequired);
         }
         let Some(issuer) = policy
@@ -152,12 +152,11 @@ impl Authenticator {
             });
         };
         let session = if now >= session.refresh_at {
-            self.refresh_session(auth, o, &store, &id).await?
+            Box::pin(self.refresh_session(auth, o, &store, &id)).await?
         } else if now >= session.last_seen + TOUCH_EVERY_SECS {
             let mut touched = (*session).clone();
             touched.last_seen = now;
-            store
-                .put(&id, &touched, now, oidc::session_deadline(o, &touched, now))
+            Box::pin(store.put(&id, &touched, now, oidc::session_deadline(o, &touched, now)))
                 .await
                 .map_err(AuthError::SessionStore)?;
             Arc::new(touched)

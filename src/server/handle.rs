@@ -98,7 +98,8 @@ async fn route_and_forward(
             if host.as_str() == o.portal() {
                 if let Some(endpoint) = Endpoint::from_path(req.uri().path()) {
                     record.service = Arc::from(FORWARD_AUTH_SERVICE);
-                    let resp = super::authz::serve(endpoint, &req, conn.peer.ip(), shared).await;
+                    let resp =
+                        Box::pin(super::authz::serve(endpoint, &req, conn.peer.ip(), shared)).await;
                     return Ok(resp.map(Either::Right));
                 }
             }
@@ -109,7 +110,7 @@ async fn route_and_forward(
                 https_port: shared.https_port(),
                 is_service_host: &is_service_host,
             };
-            let resp = shared.auth.portal(&snap.auth, req, &ctx).await;
+            let resp = Box::pin(shared.auth.portal(&snap.auth, req, &ctx)).await;
             return Ok(resp.map(Either::Right));
         }
     }
@@ -117,7 +118,9 @@ async fn route_and_forward(
         covered(conn, &host)?;
         record.service = Arc::from(FORWARD_AUTH_SERVICE);
         let resp = match Endpoint::from_path(req.uri().path()) {
-            Some(endpoint) => super::authz::serve(endpoint, &req, conn.peer.ip(), shared).await,
+            Some(endpoint) => {
+                Box::pin(super::authz::serve(endpoint, &req, conn.peer.ip(), shared)).await
+            }
             None => crate::error::plain(
                 http::StatusCode::NOT_FOUND,
                 "not found: this host serves only the forward-auth endpoints\n",
