@@ -151,7 +151,8 @@ def main():
             check(f"64 KiB {p}: req/s vs nginx", ratio(pc["req_per_s"], ng["req_per_s"]), ">= 1.0",
                   pc["req_per_s"] >= ng["req_per_s"])
         for r in rows:
-            if r["target"] != "portcullis" or r["proto"] != p or not r["scenario"].endswith("-hit"):
+            protected = r["scenario"].endswith("-hit") or r["scenario"] == "session"
+            if r["target"] != "portcullis" or r["proto"] != p or not protected:
                 continue
             byp, ng, ar = rec("portcullis", "small", p), rec("nginx", "small", p), rec(
                 "nginx+auth_request", "auth_request", p)
