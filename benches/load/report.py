@@ -6,6 +6,7 @@ Usage: report.py RESULTS_TSV NOTES OUT_JSON REPO_ROOT key=value...
 
 import datetime
 import json
+import statistics
 import os
 import platform
 import subprocess
@@ -59,6 +60,30 @@ def base_scenario(s):
     return "64k" if s == "64k" else "small"
 
 
+def merge_rounds(rows):
+    """One row per (target, scenario, proto): the median of its rounds (ROUNDS > 1), errors summed, with every
+    round's req/s kept in `req_per_s_rounds`."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["scenario"], r["proto"]), []).append(r)
+    merged = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        m = dict(runs[0])
+        for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_idle_mib", "pss_idle_mib",
+                  "rss_load_mib", "pss_load_mib", "proxy_core_busy_pct", "load_core_busy_pct", "other_cpu_pct"):
+            values = [x[k] for x in runs if x[k] is not None]
+            m[k] = statistics.median(values) if values else None
+        m["requests"] = sum(x["requests"] for x in runs)
+        m["seconds"] = round(sum(x["seconds"] for x in runs), 3)
+        m["errors"] = sum(x["errors"] for x in runs)
+        m["req_per_s_rounds"] = [x["req_per_s"] for x in runs]
+        merged.append(m)
+    return merged
+
+
 def main():
     results_tsv, notes_file, out, root = sys.argv[1:5]
     params = dict(a.split("=", 1) for a in sys.argv[5:])
@@ -93,6 +118,7 @@ def main():
             "other_cpu_pct": other,
             "distinct_tokens": tokens,
         })
+    rows = merge_rounds(rows)
     index = {(r["target"], r["scenario"], r["proto"]): r for r in rows}
 
     def rps(t, s, p):

@@ -18,6 +18,7 @@
 #   PORTCULLIS_BIN     binary to measure (default: the release build)
 #   PORTCULLIS_BASE_BIN   another binary, measured as "portcullis-base" before (and "portcullis-base2" after, if
 #                      listed in TARGETS) "portcullis" in the same run, for before/after comparisons
+#   ROUNDS=1           repeat all targets this many times, in turn; the report takes each median
 #   OUT=benches/load/results/latest.json
 #   PERF_DATA=/tmp/perf.data   also `perf record -g` Portcullis during its measured run of PERF_RUN
 #   PERF_RUN="small h1"        (scenario and protocol)
@@ -35,6 +36,7 @@ MISS_TOKENS="${MISS_TOKENS:-40000}"
 PROXY_CPU="${PROXY_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 OUT="${OUT:-$HERE/results/latest.json}"
+ROUNDS="${ROUNDS:-1}"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "load: $*"; exit 1; }
@@ -262,7 +264,11 @@ measure() {
     host="${authority%%:*}"
     port="${authority##*:}"
     path="/${url#*://*/}"
-    [[ -n "$header" ]] && hdr=(-H "$header")
+    # Several headers: one per line.
+    local h
+    while IFS= read -r h; do
+        [[ -n "$h" ]] && hdr+=(-H "$h")
+    done <<<"$header"
     idle="$(memory "$pid")"
     local h2log="$TMP/h2load.log"
     # Runs the load generator, then prints its CPU ticks (this subshell's reaped children) as LOADGEN_TICKS.
@@ -397,6 +403,9 @@ bypass_scenarios() {
 
 # ---------------------------------------------------------------------------------------------------- targets
 
+# One round measures every target once; ROUNDS > 1 repeats them in turn, so drift of this shared machine
+# during the run touches every target alike (the report takes the median of the rounds).
+run_targets() {
 if want "$TARGETS" origin; then
     say "origin (plain HTTP, no proxy)"
     for scenario in small 64k; do
@@ -413,6 +422,7 @@ fi
 # through the callback, which sets the cookie and returns to the page.
 sign_in() {
     local port="$1" jar="$2" form action final
+    rm -f "$jar"  # a fresh browser: no provider session from an earlier round
     local c=(curl -s --max-time 20 --cacert "$CERTS/ca.crt" -c "$jar" -b "$jar"
         --resolve "web.bench.test:$port:127.0.0.1" --resolve "auth.bench.test:$port:127.0.0.1")
     form="$("${c[@]}" -L -H 'Accept: text/html' "https://web.bench.test:$port/small")" || return 1
@@ -432,9 +442,12 @@ run_portcullis() {
     mkdir -p "$PC"
     PORT="$(free_port)"
     if [[ -n "$IDP_ISSUER" ]]; then
-        # A port whose callback URL the provider knows.
-        PORT="${SIGNIN_PORTS[0]}"
-        SIGNIN_PORTS=("${SIGNIN_PORTS[@]:1}")
+        # A port whose callback URL the provider knows, one per binary (reused by every round).
+        case "$name" in
+            portcullis-base) PORT="${SIGNIN_PORTS[0]}" ;;
+            portcullis) PORT="${SIGNIN_PORTS[1]}" ;;
+            *) PORT="${SIGNIN_PORTS[2]}" ;;
+        esac
     fi
     ADMIN="$(free_port)"
     cat >"$PC/bench.toml" <<EOF
@@ -445,6 +458,8 @@ https = "127.0.0.1:$PORT"
 admin = "127.0.0.1:$ADMIN"
 watch = false
 shutdown_grace_secs = 1
+# The forward-auth scenario calls from loopback, as nginx's auth_request would.
+trusted_proxies = ["127.0.0.1/32"]
 
 [tls]
 certs_dir = "$TMP/portcullis-certs"
@@ -520,10 +535,18 @@ EOF
                 note "forward-auth: skipped, /api/authz/auth-request does not answer on the admin listener (HTTP $code); the endpoint is not built yet"
             else
                 token="$(cat "$TOK/token-hs256.txt")"
-                for proto in h1 h2; do
-                    measure "$name" forward-auth "$proto" "$PID" \
-                        "http://app.bench.test:$ADMIN/api/authz/auth-request" "Authorization: Bearer $token"
-                done
+                code="$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Original-URL: https://api.bench.test/small' \
+                    -H 'X-Original-Method: GET' -H "Authorization: Bearer $token" \
+                    "http://127.0.0.1:$ADMIN/api/authz/auth-request" || true)"
+                if [[ "$code" != 200 ]]; then
+                    note "forward-auth: $name answers $code, not 200, to a valid call; not measured (log: $(tail -3 "$PC/log"))"
+                else
+                    for proto in h1 h2; do
+                        measure "$name" forward-auth "$proto" "$PID" \
+                            "http://app.bench.test:$ADMIN/api/authz/auth-request" \
+                            "$(printf 'X-Original-URL: https://api.bench.test/small\nX-Original-Method: GET\nAuthorization: Bearer %s' "$token")"
+                    done
+                fi
             fi
         fi
         if want "$SCENARIOS" session; then
@@ -711,6 +734,12 @@ EOF
         stop "$PID"
     fi
 fi
+}
+
+for ROUND in $(seq "$ROUNDS"); do
+    [[ "$ROUNDS" -gt 1 ]] && say "round $ROUND of $ROUNDS"
+    run_targets
+done
 
 stop "$ORIGIN_PID"
 
