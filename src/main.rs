@@ -13,8 +13,8 @@ use portcullis::telemetry::{self, LogFormat};
 use portcullis::{systemd, Listeners, Shared};
 
 /// mimalloc instead of the C library's allocator: the request path allocates a few dozen small, short-lived
-/// buffers, and glibc's malloc/free was about a tenth of the proxy's CPU time under load (see the README's
-/// benchmark section).
+/// buffers; with mimalloc a proxied request takes about 4% fewer instructions (callgrind, see the README's
+/// benchmark section). `no_thp` keeps idle RSS where glibc had it (12.8 MiB instead of 22.5 with huge pages).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

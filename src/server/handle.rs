@@ -98,6 +98,8 @@ async fn route_and_forward(
             if host.as_str() == o.portal() {
                 if let Some(endpoint) = Endpoint::from_path(req.uri().path()) {
                     record.service = Arc::from(FORWARD_AUTH_SERVICE);
+                    // Rare, large futures are boxed here and in `auth`: the request future is copied on every
+                    // request (and into every HTTP/2 stream's task), so it stays sized for the proxy path.
                     let resp =
                         Box::pin(super::authz::serve(endpoint, &req, conn.peer.ip(), shared)).await;
                     return Ok(resp.map(Either::Right));
