@@ -43,8 +43,10 @@ fn bench(c: &mut Criterion) {
     let rid = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let mut g = c.benchmark_group("header_rewrite");
     for (name, trusted) in [("untrusted_peer", false), ("trusted_peer", true)] {
+        let ip: std::net::IpAddr = "192.0.2.10".parse().expect("ip");
         let peer = Peer {
-            ip: "192.0.2.10".parse().expect("ip"),
+            ip,
+            ip_header: portcullis::proxy::ip_header_value(ip),
             trusted,
         };
         g.bench_function(name, |b| {
@@ -52,7 +54,7 @@ fn bench(c: &mut Criterion) {
                 browser_headers,
                 |h| {
                     strip_hop_by_hop(h);
-                    set_forwarding_headers(h, peer, &host, &rid);
+                    set_forwarding_headers(h, peer.clone(), &host, &rid);
                     black_box(h.len())
                 },
                 BatchSize::SmallInput,

@@ -60,7 +60,6 @@ impl RequestError {
                     StatusCode::GATEWAY_TIMEOUT
                 }
                 ProxyError::Connect { .. } | ProxyError::Exchange { .. } => StatusCode::BAD_GATEWAY,
-                ProxyError::Uri(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }

@@ -10,21 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
 use crate::auth::{apply_identity, Permit};
-use crate::config::snapshot::Route;
+use crate::config::snapshot::{Route, Upstream};
 use crate::tls::TlsError;
 
-/// How long idle upstream connections stay pooled.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle upstream connections kept per upstream.
-const POOL_MAX_IDLE: usize = 512;
+mod pool;
+
+pub use pool::{ConnectError, UpstreamBody, UpstreamPool};
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +34,7 @@ pub enum ProxyError {
         upstream: String,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: ConnectError,
     },
     /// Connecting took longer than `server.timeouts.upstream_connect_secs`.
     #[error("connecting to upstream {upstream} timed out (server.timeouts.upstream_connect_secs)")]
@@ -59,11 +57,8 @@ pub enum ProxyError {
         upstream: String,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
-    /// The upstream request could not be built.
-    #[error("cannot build the upstream request URI")]
-    Uri(#[source] http::Error),
 }
 
 impl ProxyError {
@@ -74,17 +69,16 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::ResponseTimeout { .. } => "timeout",
             ProxyError::Exchange { .. } => "exchange",
-            ProxyError::Uri(_) => "uri",
         }
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// A pooled keep-alive HTTP/1.1 client for upstreams (plain, or TLS with the configured CAs).
+/// Makes upstream connections (plain, or TLS with the configured CAs) and hands out one keep-alive pool per
+/// upstream; routes to the same upstream share its pool.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    inner: Client<Connector, SentBody>,
+    connector: pool::Connector,
+    pools: Arc<pool::Registry>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -112,12 +106,16 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
-        Ok(Self { inner })
+        Ok(Self {
+            connector,
+            pools: Arc::default(),
+        })
+    }
+
+    /// The connection pool for `upstream` (made once per configuration build, then shared).
+    pub fn pool(&self, upstream: &Upstream) -> UpstreamPool {
+        self.pools
+            .get(&self.connector, &upstream.scheme, &upstream.authority)
     }
 }
 
@@ -150,6 +148,13 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 ///
 /// Returns the `Upgrade` value when the message asks for a protocol upgrade, so the caller can keep it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // Most messages carry none of these: one pass over the names is cheaper than a hashed removal per name.
+    if !headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return None;
+    }
     let mut upgrade = false;
     let up = headers.remove(header::UPGRADE);
     if headers.contains_key(header::CONNECTION) {
@@ -181,10 +186,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 }
 
 /// What the connection knows about the client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// The TCP peer's address.
     pub ip: IpAddr,
+    /// `ip` as a header value, made once per connection ([`ip_header_value`]).
+    pub ip_header: HeaderValue,
     /// Whether that peer is a trusted proxy.
     pub trusted: bool,
 }
@@ -197,7 +204,7 @@ pub fn set_forwarding_headers(
     host: &HeaderValue,
     request_id: &HeaderValue,
 ) {
-    let ip = ip_header_value(peer.ip);
+    let ip = peer.ip_header;
     if peer.trusted {
         let prior: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -231,7 +238,7 @@ pub fn set_forwarding_headers(
 }
 
 /// The address as a header value, formatted on the stack (one allocation, for the value itself).
-fn ip_header_value(ip: IpAddr) -> HeaderValue {
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
     use std::io::Write as _;
     // The longest text form of an IPv6 address with an embedded IPv4 one is 45 bytes.
     let mut buf = [0u8; 64];
@@ -258,7 +265,7 @@ pub async fn forward(
     host: &HeaderValue,
     request_id: &HeaderValue,
     tunnels: &tokio_util::task::TaskTracker,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let client_upgrade = {
         let headers = req.headers_mut();
         let upgrade = strip_hop_by_hop(headers);
@@ -266,8 +273,6 @@ pub async fn forward(
         set_forwarding_headers(headers, peer, host, request_id);
         if route.preserve_host {
             headers.insert(header::HOST, host.clone());
-        } else {
-            headers.remove(header::HOST);
         }
         upgrade
     };
@@ -303,24 +308,23 @@ pub async fn forward(
         }
         _ => None,
     };
-    // The client's path and query are kept as parsed (a shared buffer, not a copy).
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(route.upstream.scheme.clone());
-    parts.authority = Some(route.upstream.authority.clone());
-    parts.path_and_query = Some(
-        req.uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    let uri = Uri::from_parts(parts).map_err(|e| ProxyError::Uri(e.into()))?;
-    *req.uri_mut() = uri;
+    // Origin-form (RFC 9112 §3.2.1): the client's path and query as parsed (a shared buffer, not a copy).
+    *req.uri_mut() = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+        .into();
     *req.version_mut() = Version::HTTP_11;
+    let pool = &route.pool;
+    if !route.preserve_host {
+        req.headers_mut().insert(header::HOST, pool.host().clone());
+    }
 
     let upstream = || route.upstream.to_string();
     let sent = Arc::new(Notify::new());
     let req = req.map(|body| SentBody::new(body, Arc::clone(&sent)));
-    let exchange = route.client.inner.request(req);
+    let exchange = pool.send(req);
     // The response timeout runs from the end of the request body, so a long upload is not cut short while it
     // streams (the idle timeout covers a stalled client).
     let deadline = async {
@@ -338,8 +342,8 @@ pub async fn forward(
                 after: route.response_timeout,
             })
         }
-        Ok(Err(e)) if e.is_connect() => {
-            return Err(if is_timeout(&e) {
+        Ok(Err(pool::SendError::Connect(e))) => {
+            return Err(if is_timeout(&*e) {
                 ProxyError::ConnectTimeout {
                     upstream: upstream(),
                 }
@@ -350,7 +354,7 @@ pub async fn forward(
                 }
             })
         }
-        Ok(Err(e)) => {
+        Ok(Err(pool::SendError::Exchange(e))) => {
             return Err(ProxyError::Exchange {
                 upstream: upstream(),
                 source: e,
@@ -457,8 +461,8 @@ impl http_body::Body for SentBody {
     }
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -518,8 +522,10 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.test"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
         let peer = Peer {
-            ip: "10.0.0.9".parse().expect("ip"),
+            ip,
+            ip_header: ip_header_value(ip),
             trusted: false,
         };
         set_forwarding_headers(
@@ -542,8 +548,10 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
         let peer = Peer {
-            ip: "127.0.0.1".parse().expect("ip"),
+            ip,
+            ip_header: ip_header_value(ip),
             trusted: true,
         };
         set_forwarding_headers(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::auth::{AuthSettings, ServicePolicy};
-use crate::proxy::UpstreamClient;
+use crate::proxy::UpstreamPool;
 use crate::router::{HostPattern, Router};
 use crate::tls::CertStore;
 
@@ -115,8 +115,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Upstream response-header timeout.
     pub response_timeout: Duration,
-    /// The pooled client for this upstream.
-    pub client: UpstreamClient,
+    /// The keep-alive connections to `upstream` (shared with every route to the same upstream).
+    pub pool: UpstreamPool,
     /// `name` as shared by every request's access record and metric labels (no per-request copy).
     pub name_label: std::sync::Arc<str>,
     /// `upstream` as written in the access log, made once.

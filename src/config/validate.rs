@@ -449,6 +449,7 @@ fn build_route(
         return None;
     }
     let upstream = upstream?;
+    let pool = client?.pool(&upstream);
     Some(Route {
         name: name.to_owned(),
         hosts,
@@ -458,7 +459,7 @@ fn build_route(
         policy,
         preserve_host: svc.preserve_host.unwrap_or(true),
         response_timeout,
-        client: client?,
+        pool,
     })
 }
 

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::metrics::{status_class, Metrics, RequestLabels, ServiceLabel, ServiceLabels};
 
 /// A response body: streamed from an upstream, or generated here.
-pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type InnerBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// What the access-log event says about a request.
 #[derive(Debug)]

@@ -197,6 +197,7 @@ async fn route_and_forward(
     }
     let peer = Peer {
         ip: conn.peer.ip(),
+        ip_header: conn.ip_header.clone(),
         trusted: snap.trusted_proxies.is_trusted(conn.peer.ip()),
     };
     record.upstream = Some(Arc::clone(&route.upstream_label));

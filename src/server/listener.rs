@@ -102,6 +102,19 @@ pub(crate) struct ConnInfo {
     pub(crate) sni: Option<String>,
     /// The certificate presented in the handshake (for the 421 check).
     pub(crate) cert: Option<Arc<CertEntry>>,
+    /// The peer's IP address as an `X-Forwarded-For`/`X-Real-IP` value, formatted once per connection.
+    pub(crate) ip_header: http::HeaderValue,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, sni: Option<String>, cert: Option<Arc<CertEntry>>) -> Self {
+        Self {
+            peer,
+            sni,
+            cert,
+            ip_header: crate::proxy::ip_header_value(peer.ip()),
+        }
+    }
 }
 
 /// Which service a plain listener runs.
@@ -188,7 +201,7 @@ pub(crate) async fn accept_tls(
             }
             let sni = tls.get_ref().1.server_name().map(str::to_owned);
             let cert = ctx2.shared.snapshot.load().certs.find(sni.as_deref());
-            let info = Arc::new(ConnInfo { peer, sni, cert });
+            let info = Arc::new(ConnInfo::new(peer, sni, cert));
             let shared = Arc::clone(&ctx2.shared);
             let svc = service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
             serve(tls, svc, &ctx2, "https").await;
@@ -208,11 +221,7 @@ where
         conns: TaskTracker::new(),
         https_port: 443,
     };
-    let info = Arc::new(ConnInfo {
-        peer,
-        sni: None,
-        cert: None,
-    });
+    let info = Arc::new(ConnInfo::new(peer, None, None));
     let svc =
         service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
     serve(io, svc, &ctx, "https").await;

@@ -24,3 +24,4 @@ mod routing;
 mod signin;
 mod signin_support;
 mod streaming;
+mod upstream_pool;
