@@ -22,7 +22,6 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::authenticator::Authenticator;
 use super::error::{AuthError, DenyReason};
@@ -648,12 +647,14 @@ fn decision_key(
     headers: &HeaderMap,
 ) -> Option<DecisionKey> {
     let authorization = headers.contains_key(AUTHORIZATION).then(|| {
-        let mut h = Sha256::new();
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
         for v in headers.get_all(AUTHORIZATION) {
             h.update(v.as_bytes());
-            h.update([0]);
+            h.update(&[0]);
         }
-        h.finalize().into()
+        let mut key = [0u8; 32];
+        key.copy_from_slice(h.finish().as_ref());
+        key
     });
     let session = auth.oidc().and_then(|o| o.cookies.session_id(headers));
     if authorization.is_none() && session.is_none() {
