@@ -203,8 +203,16 @@ pub(crate) async fn accept_tls(
             let cert = ctx2.shared.snapshot.load().certs.find(sni.as_deref());
             let info = Arc::new(ConnInfo::new(peer, sni, cert));
             let shared = Arc::clone(&ctx2.shared);
-            let svc = service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
-            serve(tls, svc, &ctx2, "https").await;
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // hyper moves each HTTP/2 stream's future into a task of its own: boxed, the move is a pointer's
+                // (callgrind: 2.6k fewer instructions per h2 request). HTTP/1.1 polls the future in place, where
+                // the box would only add an allocation.
+                let svc = service_fn(move |req| Box::pin(super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared))));
+                serve(tls, svc, &ctx2, "https").await;
+            } else {
+                let svc = service_fn(move |req| super::handle::handle(req, Arc::clone(&info), Arc::clone(&shared)));
+                serve(tls, svc, &ctx2, "https").await;
+            }
         });
     }
 }
