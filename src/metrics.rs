@@ -3,7 +3,7 @@
 //! Labels are bounded: service names come from the configuration, status is a class (`2xx`), kinds are fixed
 //! words. Never a path, a host from a request, or a user.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -181,6 +181,82 @@ impl Metrics {
     }
 }
 
+/// One service's series, found in the families the first time each is needed and kept: a request of a known
+/// service then counts itself without hashing its labels and taking a family's lock. A series appears in the
+/// exposition only once it has been used, as with `get_or_create`.
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    duration: OnceLock<Histogram>,
+    /// By status class, `1xx` first.
+    requests: [OnceLock<Counter>; 5],
+    /// By [`DECISION_KINDS`].
+    decisions: [OnceLock<Counter>; DECISION_KINDS.len()],
+}
+
+/// The `kind` values of [`AUTH_DECISIONS`].
+pub const DECISION_KINDS: [&str; 6] = [
+    "allow",
+    "anonymous",
+    "unauthenticated",
+    "forbidden",
+    "bad_request",
+    "error",
+];
+
+impl ServiceMetrics {
+    /// [`HTTP_REQUEST_DURATION`] of `service`.
+    pub fn duration(&self, metrics: &Metrics, service: &Arc<str>) -> &Histogram {
+        self.duration.get_or_init(|| {
+            metrics
+                .duration
+                .get_or_create(&ServiceLabels {
+                    service: ServiceLabel(Arc::clone(service)),
+                })
+                .clone()
+        })
+    }
+
+    /// [`HTTP_REQUESTS`] of `service` with `status`'s class.
+    pub fn requests(
+        &self,
+        metrics: &Metrics,
+        service: &Arc<str>,
+        status: http::StatusCode,
+    ) -> &Counter {
+        let class = status_class(status);
+        let slot = match class {
+            "1xx" => 0,
+            "2xx" => 1,
+            "3xx" => 2,
+            "4xx" => 3,
+            _ => 4,
+        };
+        self.requests[slot].get_or_init(|| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    service: ServiceLabel(Arc::clone(service)),
+                    status: class,
+                })
+                .clone()
+        })
+    }
+
+    /// [`AUTH_DECISIONS`] of `service` for `DECISION_KINDS[kind]`.
+    pub fn decision(&self, metrics: &Metrics, service: &Arc<str>, kind: usize) -> &Counter {
+        let kind = kind.min(DECISION_KINDS.len() - 1);
+        self.decisions[kind].get_or_init(|| {
+            metrics
+                .auth_decisions
+                .get_or_create(&ServiceKindLabels {
+                    service: ServiceLabel(Arc::clone(service)),
+                    kind: DECISION_KINDS[kind],
+                })
+                .clone()
+        })
+    }
+}
+
 /// The class label of a status code.
 pub fn status_class(status: http::StatusCode) -> &'static str {
     match status.as_u16() {
@@ -189,5 +265,50 @@ pub fn status_class(status: http::StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_handles_count_in_the_same_series_as_the_families_and_add_none_unused() {
+        let metrics = Metrics::new();
+        let service: Arc<str> = Arc::from("web");
+        let cached = ServiceMetrics::default();
+        cached
+            .requests(&metrics, &service, http::StatusCode::OK)
+            .inc();
+        cached
+            .requests(&metrics, &service, http::StatusCode::NO_CONTENT)
+            .inc();
+        cached
+            .requests(&metrics, &service, http::StatusCode::BAD_GATEWAY)
+            .inc();
+        cached.decision(&metrics, &service, 0).inc();
+        cached.duration(&metrics, &service).observe(0.01);
+        // A lookup by label finds the series the handles counted in.
+        let by_label = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                service: ServiceLabel(Arc::clone(&service)),
+                status: "2xx",
+            })
+            .get();
+        assert_eq!(by_label, 2);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"portcullis_http_requests_total{service="web",status="5xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_auth_decisions_total{service="web",kind="allow"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"portcullis_http_request_duration_seconds_count{service="web"} 1"#));
+        // Classes and kinds never used have no series.
+        assert!(!text.contains(r#"status="4xx""#), "{text}");
+        assert!(!text.contains(r#"kind="forbidden""#), "{text}");
     }
 }

@@ -121,6 +121,8 @@ pub struct Route {
     pub name_label: std::sync::Arc<str>,
     /// `upstream` as written in the access log, made once.
     pub upstream_label: std::sync::Arc<str>,
+    /// This service's metric series, kept once looked up.
+    pub metrics: std::sync::Arc<crate::metrics::ServiceMetrics>,
 }
 
 /// The whole runtime configuration.

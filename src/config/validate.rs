@@ -455,6 +455,7 @@ fn build_route(
         hosts,
         name_label: name.into(),
         upstream_label: upstream.to_string().into(),
+        metrics: Default::default(),
         upstream,
         policy,
         preserve_host: svc.preserve_host.unwrap_or(true),

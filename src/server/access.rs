@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 
-use crate::metrics::{status_class, Metrics, RequestLabels, ServiceLabel, ServiceLabels};
+use crate::metrics::{
+    status_class, Metrics, RequestLabels, ServiceLabel, ServiceLabels, ServiceMetrics,
+};
 
 /// A response body: streamed from an upstream, or generated here.
 pub(crate) type InnerBody = Either<UpstreamBody, Full<Bytes>>;
@@ -41,6 +43,8 @@ pub(crate) struct AccessRecord {
     pub(crate) error: Option<&'static str>,
     /// Start of the request.
     pub(crate) start: Instant,
+    /// The matched service's series (`None`: looked up by label in the families).
+    pub(crate) metrics: Option<Arc<ServiceMetrics>>,
 }
 
 pin_project_lite::pin_project! {
@@ -69,12 +73,17 @@ impl LoggedBody {
         record: AccessRecord,
         shared: Arc<crate::state::Shared>,
     ) -> Self {
-        let service = ServiceLabel(Arc::clone(&record.service));
-        shared
-            .metrics
-            .duration
-            .get_or_create(&ServiceLabels { service })
-            .observe(record.start.elapsed().as_secs_f64());
+        let secs = record.start.elapsed().as_secs_f64();
+        match &record.metrics {
+            Some(m) => m.duration(&shared.metrics, &record.service).observe(secs),
+            None => shared
+                .metrics
+                .duration
+                .get_or_create(&ServiceLabels {
+                    service: ServiceLabel(Arc::clone(&record.service)),
+                })
+                .observe(secs),
+        }
         Self {
             inner,
             bytes: 0,
@@ -85,13 +94,16 @@ impl LoggedBody {
 }
 
 fn finish(r: &AccessRecord, bytes: u64, metrics: &Metrics) {
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            service: ServiceLabel(Arc::clone(&r.service)),
-            status: status_class(r.status),
-        })
-        .inc();
+    match &r.metrics {
+        Some(m) => m.requests(metrics, &r.service, r.status).inc(),
+        None => metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                service: ServiceLabel(Arc::clone(&r.service)),
+                status: status_class(r.status),
+            })
+            .inc(),
+    };
     tracing::info!(
         http.method = %r.method,
         http.host = %r.host,

@@ -62,6 +62,7 @@ pub(crate) async fn handle(
         client: conn.peer,
         error: None,
         start,
+        metrics: None,
     };
     let result = route_and_forward(req, raw_host, &conn, &shared, &request_id, &mut record).await;
     let mut resp = match result {
@@ -151,24 +152,22 @@ async fn route_and_forward(
             req.headers(),
         )
         .await;
+    // Indexes into `metrics::DECISION_KINDS`.
     let kind = match &decision {
-        Ok(p) if p.identity().is_some() => "allow",
-        Ok(_) => "anonymous",
+        Ok(p) if p.identity().is_some() => 0,
+        Ok(_) => 1,
         Err(e) => match e.status() {
-            http::StatusCode::UNAUTHORIZED => "unauthenticated",
-            http::StatusCode::FORBIDDEN => "forbidden",
-            http::StatusCode::BAD_REQUEST => "bad_request",
-            _ => "error",
+            http::StatusCode::UNAUTHORIZED => 2,
+            http::StatusCode::FORBIDDEN => 3,
+            http::StatusCode::BAD_REQUEST => 4,
+            _ => 5,
         },
     };
-    shared
+    route
         .metrics
-        .auth_decisions
-        .get_or_create(&ServiceKindLabels {
-            service: ServiceLabel(Arc::clone(&record.service)),
-            kind,
-        })
+        .decision(&shared.metrics, &route.name_label, kind)
         .inc();
+    record.metrics = Some(Arc::clone(&route.metrics));
     let permit = match decision {
         Ok(p) => p,
         Err(AuthError::SignInRequired) => {
