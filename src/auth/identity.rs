@@ -257,14 +257,17 @@ pub(crate) fn joined_groups(policy: &ServicePolicy, id: &Identity) -> Option<Str
 /// removed by a later hop-by-hop pass.
 pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut HeaderMap) {
     let h = &policy.headers;
-    // Usually none is present: one pass over the request's names instead of parsing and looking up 17 names.
+    // Usually none is present: one pass over the request's names instead of parsing and looking up 17 names,
+    // plus a hashed removal per configured identity header.
     if headers.keys().any(|k| RESERVED.contains(&k.as_str())) {
         for name in RESERVED {
             headers.remove(name);
         }
     }
-    for name in h.all_names() {
-        headers.remove(name);
+    if headers.keys().any(|k| h.all_names().any(|n| n == k)) {
+        for name in h.all_names() {
+            headers.remove(name);
+        }
     }
     if !policy.pass_authorization {
         headers.remove(AUTHORIZATION);
