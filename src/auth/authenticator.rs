@@ -315,7 +315,7 @@ impl Authenticator {
         token: &str,
     ) -> Result<Identity, AuthError> {
         let trusted = policy.trusted(auth);
-        let digest = sha256(&[token.as_bytes()]);
+        let digest = sha256([token.as_bytes()]);
         let now = self.now() as i64;
         if let Some(v) = self.inner.verified.as_ref().and_then(|c| c.get(&digest)) {
             if let Some(issuer) = trusted.iter().find(|i| i.fingerprint == v.fingerprint) {
@@ -577,7 +577,7 @@ impl Authenticator {
                 continue;
             };
             tried = true;
-            let digest = sha256(&[&issuer.fingerprint[..], token.as_bytes()]);
+            let digest = sha256([&issuer.fingerprint[..], token.as_bytes()]);
             let answer = self
                 .inner
                 .introspected
@@ -712,10 +712,9 @@ fn invalid(issuer: Option<String>, reason: TokenRejection) -> AuthError {
     AuthError::InvalidToken { issuer, reason }
 }
 
-/// The Bearer token of `Authorization` (RFC 6750 §2.1); other schemes count as no credentials.
 /// SHA-256 of the concatenated parts: the cache key of a credential, computed on every request that carries one.
 /// ring's implementation, which uses the CPU's SHA extensions where it has them (and AVX where it does not).
-pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn sha256<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
         ctx.update(p);
@@ -725,6 +724,7 @@ pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
+/// The Bearer token of `Authorization` (RFC 6750 §2.1); other schemes count as no credentials.
 fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {

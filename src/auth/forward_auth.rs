@@ -647,14 +647,8 @@ fn decision_key(
     headers: &HeaderMap,
 ) -> Option<DecisionKey> {
     let authorization = headers.contains_key(AUTHORIZATION).then(|| {
-        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-        for v in headers.get_all(AUTHORIZATION) {
-            h.update(v.as_bytes());
-            h.update(&[0]);
-        }
-        let mut key = [0u8; 32];
-        key.copy_from_slice(h.finish().as_ref());
-        key
+        let values = headers.get_all(AUTHORIZATION);
+        super::authenticator::sha256(values.iter().flat_map(|v| [v.as_bytes(), &[0u8][..]]))
     });
     let session = auth.oidc().and_then(|o| o.cookies.session_id(headers));
     if authorization.is_none() && session.is_none() {
