@@ -193,8 +193,25 @@ pub struct ServiceMetrics {
     decisions: [OnceLock<Counter>; DECISION_KINDS.len()],
 }
 
-/// The `kind` values of [`AUTH_DECISIONS`].
-pub const DECISION_KINDS: [&str; 6] = [
+/// How a routed request's authorization ended: the `kind` label of [`AUTH_DECISIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// An identity was established and allowed.
+    Allow,
+    /// A bypass service: no identity needed.
+    Anonymous,
+    /// No or invalid credentials (401).
+    Unauthenticated,
+    /// Authenticated but not allowed (403).
+    Forbidden,
+    /// A malformed credential (400).
+    BadRequest,
+    /// The decision could not be made (store or issuer down).
+    Error,
+}
+
+/// The label of each [`DecisionKind`], in declaration order.
+const DECISION_KINDS: [&str; 6] = [
     "allow",
     "anonymous",
     "unauthenticated",
@@ -242,15 +259,15 @@ impl ServiceMetrics {
         })
     }
 
-    /// [`AUTH_DECISIONS`] of `service` for `DECISION_KINDS[kind]`.
-    pub fn decision(&self, metrics: &Metrics, service: &Arc<str>, kind: usize) -> &Counter {
-        let kind = kind.min(DECISION_KINDS.len() - 1);
-        self.decisions[kind].get_or_init(|| {
+    /// [`AUTH_DECISIONS`] of `service` for `kind`.
+    pub fn decision(&self, metrics: &Metrics, service: &Arc<str>, kind: DecisionKind) -> &Counter {
+        let slot = kind as usize;
+        self.decisions[slot].get_or_init(|| {
             metrics
                 .auth_decisions
                 .get_or_create(&ServiceKindLabels {
                     service: ServiceLabel(Arc::clone(service)),
-                    kind: DECISION_KINDS[kind],
+                    kind: DECISION_KINDS[slot],
                 })
                 .clone()
         })
@@ -286,7 +303,9 @@ mod tests {
         cached
             .requests(&metrics, &service, http::StatusCode::BAD_GATEWAY)
             .inc();
-        cached.decision(&metrics, &service, 0).inc();
+        cached
+            .decision(&metrics, &service, DecisionKind::Allow)
+            .inc();
         cached.duration(&metrics, &service).observe(0.01);
         // A lookup by label finds the series the handles counted in.
         let by_label = metrics

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::proxy::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
@@ -16,6 +15,7 @@ use http_body_util::{Either, Full};
 use crate::metrics::{
     status_class, Metrics, RequestLabels, ServiceLabel, ServiceLabels, ServiceMetrics,
 };
+use crate::proxy::UpstreamBody;
 
 /// A response body: streamed from an upstream, or generated here.
 pub(crate) type InnerBody = Either<UpstreamBody, Full<Bytes>>;

@@ -15,7 +15,7 @@ use super::access::{AccessRecord, InnerBody, LoggedBody};
 use super::listener::ConnInfo;
 use crate::auth::{sign_in_redirect, AuthError, Endpoint, PortalContext};
 use crate::error::{respond, RequestError};
-use crate::metrics::{ServiceKindLabels, ServiceLabel};
+use crate::metrics::{DecisionKind, ServiceKindLabels, ServiceLabel};
 use crate::proxy::{self, Peer};
 use crate::router::Host;
 use crate::state::Shared;
@@ -154,15 +154,14 @@ async fn route_and_forward(
             req.headers(),
         )
         .await;
-    // Indexes into `metrics::DECISION_KINDS`.
     let kind = match &decision {
-        Ok(p) if p.identity().is_some() => 0,
-        Ok(_) => 1,
+        Ok(p) if p.identity().is_some() => DecisionKind::Allow,
+        Ok(_) => DecisionKind::Anonymous,
         Err(e) => match e.status() {
-            http::StatusCode::UNAUTHORIZED => 2,
-            http::StatusCode::FORBIDDEN => 3,
-            http::StatusCode::BAD_REQUEST => 4,
-            _ => 5,
+            http::StatusCode::UNAUTHORIZED => DecisionKind::Unauthenticated,
+            http::StatusCode::FORBIDDEN => DecisionKind::Forbidden,
+            http::StatusCode::BAD_REQUEST => DecisionKind::BadRequest,
+            _ => DecisionKind::Error,
         },
     };
     route
