@@ -774,3 +774,75 @@ static B64TOKEN: [bool; 256] = {
     }
     t
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                AUTHORIZATION,
+                http::HeaderValue::from_bytes(v).expect("header value"),
+            );
+        }
+        h
+    }
+
+    fn malformed(r: Result<&str, AuthError>) -> bool {
+        matches!(
+            r,
+            Err(AuthError::InvalidToken {
+                reason: TokenRejection::Malformed,
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn bearer_takes_a_b64token_with_any_scheme_case_and_padding() {
+        assert_eq!(
+            bearer(&auth(&[b"Bearer abc.DEF-_~+/9"])).ok(),
+            Some("abc.DEF-_~+/9")
+        );
+        assert_eq!(bearer(&auth(&[b"bearer   tok=="])).ok(), Some("tok=="));
+        assert_eq!(bearer(&auth(&[b"BEARER t"])).ok(), Some("t"));
+    }
+
+    #[test]
+    fn bearer_leaves_other_schemes_and_refuses_what_is_not_a_b64token() {
+        assert!(matches!(
+            bearer(&HeaderMap::new()),
+            Err(AuthError::NoCredentials)
+        ));
+        assert!(matches!(
+            bearer(&auth(&[b"Basic dXNlcjpwdw=="])),
+            Err(AuthError::NoCredentials)
+        ));
+        assert!(matches!(
+            bearer(&auth(&[b"Bearer"])),
+            Err(AuthError::NoCredentials)
+        ));
+        // Not even visible ASCII, whatever the scheme.
+        assert!(malformed(bearer(&auth(&[b"Basic \xff\xfe"]))));
+        assert!(malformed(bearer(&auth(&[b"Bearer t\xc3\xa9"]))));
+        // Characters outside RFC 6750 §2.1, padding only at the end, no empty token.
+        assert!(malformed(bearer(&auth(&[b"Bearer a,b"]))));
+        assert!(malformed(bearer(&auth(&[b"Bearer a b"]))));
+        assert!(malformed(bearer(&auth(&[b"Bearer a=b"]))));
+        assert!(malformed(bearer(&auth(&[b"Bearer ==="]))));
+        assert!(malformed(bearer(&auth(&[b"Bearer "]))));
+        // Two Authorization headers: ambiguous, refused.
+        assert!(malformed(bearer(&auth(&[b"Bearer a", b"Bearer b"]))));
+    }
+
+    #[test]
+    fn sha256_of_parts_is_the_digest_of_their_concatenation() {
+        let whole = sha256([&b"issuer-fingerprint|token"[..]]);
+        assert_eq!(sha256([&b"issuer-fingerprint|"[..], b"token"]), whole);
+        assert_ne!(sha256([&b"issuer-fingerprint|"[..], b"tokem"]), whole);
+        // FIPS 180-2 test vector.
+        assert_eq!(sha256([&b"abc"[..]])[..4], [0xba, 0x78, 0x16, 0xbf],);
+    }
+}
