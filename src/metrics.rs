@@ -219,6 +219,8 @@ const DECISION_KINDS: [&str; 6] = [
     "bad_request",
     "error",
 ];
+// One label per kind: `DecisionKind as usize` indexes this array (and `ServiceMetrics::decisions`).
+const _: () = assert!(DECISION_KINDS.len() == DecisionKind::Error as usize + 1);
 
 impl ServiceMetrics {
     /// [`HTTP_REQUEST_DURATION`] of `service`.
