@@ -59,7 +59,9 @@ impl RequestError {
                 ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                     StatusCode::GATEWAY_TIMEOUT
                 }
-                ProxyError::Connect { .. } | ProxyError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+                ProxyError::Connect { .. }
+                | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::Exchange { .. } => StatusCode::BAD_GATEWAY,
             },
         }
     }

@@ -22,7 +22,7 @@ use crate::tls::TlsError;
 
 mod pool;
 
-pub use pool::{ConnectError, UpstreamBody, UpstreamPool};
+pub use pool::{ConnectError, UpstreamBody, UpstreamPool, DEFAULT_READ_BUFFER_KIB};
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,16 @@ pub enum ProxyError {
         /// The timeout.
         after: Duration,
     },
+    /// The upstream's response head (status line and headers) did not fit the read buffer.
+    #[error("upstream {upstream} sent response headers larger than {limit_kib} KiB; raise services.{service}.upstream_read_buffer_kib")]
+    HeadersTooLarge {
+        /// The upstream.
+        upstream: String,
+        /// The service whose setting sets the limit.
+        service: String,
+        /// The limit.
+        limit_kib: usize,
+    },
     /// The exchange failed after connecting.
     #[error("upstream {upstream} failed")]
     Exchange {
@@ -68,6 +78,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "connect",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::ResponseTimeout { .. } => "timeout",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::Exchange { .. } => "exchange",
         }
     }
@@ -112,10 +123,15 @@ impl UpstreamClient {
         })
     }
 
-    /// The connection pool for `upstream` (made once per configuration build, then shared).
-    pub fn pool(&self, upstream: &Upstream) -> UpstreamPool {
-        self.pools
-            .get(&self.connector, &upstream.scheme, &upstream.authority)
+    /// The connection pool for `upstream`, reading `read_buffer_kib` KiB at a time (made once per configuration
+    /// build, then shared by the routes to the same upstream with the same buffer size).
+    pub fn pool(&self, upstream: &Upstream, read_buffer_kib: u32) -> UpstreamPool {
+        self.pools.get(
+            &self.connector,
+            &upstream.scheme,
+            &upstream.authority,
+            read_buffer_kib as usize * 1024,
+        )
     }
 }
 
@@ -352,6 +368,13 @@ pub async fn forward(
                     upstream: upstream(),
                     source: e,
                 }
+            })
+        }
+        Ok(Err(pool::SendError::Exchange(e))) if e.is_parse_too_large() => {
+            return Err(ProxyError::HeadersTooLarge {
+                upstream: upstream(),
+                service: route.name.clone(),
+                limit_kib: pool.read_buffer() / 1024,
             })
         }
         Ok(Err(pool::SendError::Exchange(e))) => {

@@ -147,6 +147,8 @@ pub struct FileService {
     pub upstream_ca_file: Option<String>,
     /// Overrides `server.timeouts.upstream_response_secs` for this service.
     pub upstream_response_secs: Option<u64>,
+    /// KiB read from the upstream at a time; also the largest response head accepted (default 32).
+    pub upstream_read_buffer_kib: Option<u32>,
     /// Users (the `sub` or configured username claim) allowed in.
     pub allow_users: Option<Vec<String>>,
     /// Groups allowed in.

@@ -332,6 +332,10 @@ fn trusted_proxies(raw: &[String], problems: &mut Problems) -> TrustedProxies {
     TrustedProxies::new(nets)
 }
 
+/// Bounds of `services.NAME.upstream_read_buffer_kib`.
+const READ_BUFFER_KIB_MIN: u32 = 4;
+const READ_BUFFER_KIB_MAX: u32 = 1024;
+
 fn build_route(
     name: &str,
     svc: &FileService,
@@ -428,6 +432,18 @@ fn build_route(
                 problems,
             )
         });
+    let read_buffer_kib = match svc.upstream_read_buffer_kib {
+        None => crate::proxy::DEFAULT_READ_BUFFER_KIB,
+        Some(k) if (READ_BUFFER_KIB_MIN..=READ_BUFFER_KIB_MAX).contains(&k) => k,
+        Some(k) => {
+            problems.invalid(
+                format!("{base}.upstream_read_buffer_kib"),
+                k.to_string(),
+                format!("must be from {READ_BUFFER_KIB_MIN} to {READ_BUFFER_KIB_MAX} (KiB); it is also the largest response head the upstream may send"),
+            );
+            crate::proxy::DEFAULT_READ_BUFFER_KIB
+        }
+    };
     let policy = crate::auth::build_service_policy(name, svc, auth, problems);
     let client = match clients.get(&ca_file) {
         Some(c) => Some(c.clone()),
@@ -449,7 +465,7 @@ fn build_route(
         return None;
     }
     let upstream = upstream?;
-    let pool = client?.pool(&upstream);
+    let pool = client?.pool(&upstream, read_buffer_kib);
     Some(Route {
         name: name.to_owned(),
         hosts,

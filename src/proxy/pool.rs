@@ -30,6 +30,8 @@ use super::SentBody;
 pub(super) const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream; more are closed when their response ends.
 const POOL_MAX_IDLE: usize = 512;
+/// The default of `services.NAME.upstream_read_buffer_kib`.
+pub const DEFAULT_READ_BUFFER_KIB: u32 = 32;
 
 /// The connector: DNS, TCP (connect timeout, `TCP_NODELAY`, keep-alive) and, for `https` upstreams, TLS.
 pub(super) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -56,6 +58,7 @@ impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamPool")
             .field("upstream", &self.inner.dst)
+            .field("read_buffer", &self.inner.read_buffer)
             .field("idle", &self.idle_count())
             .finish()
     }
@@ -67,6 +70,8 @@ struct PoolInner {
     dst: Uri,
     /// The `Host` header sent when the client's is not preserved.
     host: HeaderValue,
+    /// Bytes read from the upstream at a time, and the largest response head accepted.
+    read_buffer: usize,
     /// Oldest first; requests take from the back.
     idle: Mutex<Vec<Idle>>,
     reaper: AtomicBool,
@@ -84,18 +89,19 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// The pool for `scheme://authority`, made on first use.
+    /// The pool for `scheme://authority` read `read_buffer` bytes at a time, made on first use.
     pub(super) fn get(
         &self,
         connector: &Connector,
         scheme: &http::uri::Scheme,
         authority: &http::uri::Authority,
+        read_buffer: usize,
     ) -> UpstreamPool {
-        let key = format!("{scheme}://{authority}");
+        let key = format!("{scheme}://{authority} {read_buffer}");
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools
             .entry(key)
-            .or_insert_with(|| UpstreamPool::new(connector.clone(), scheme, authority))
+            .or_insert_with(|| UpstreamPool::new(connector.clone(), scheme, authority, read_buffer))
             .clone()
     }
 }
@@ -105,6 +111,7 @@ impl UpstreamPool {
         connector: Connector,
         scheme: &http::uri::Scheme,
         authority: &http::uri::Authority,
+        read_buffer: usize,
     ) -> Self {
         let dst = Uri::builder()
             .scheme(scheme.clone())
@@ -117,6 +124,7 @@ impl UpstreamPool {
                 connector,
                 host: host_header(scheme, authority),
                 dst,
+                read_buffer,
                 idle: Mutex::new(Vec::new()),
                 reaper: AtomicBool::new(false),
             }),
@@ -126,6 +134,11 @@ impl UpstreamPool {
     /// The `Host` header for this upstream: the authority, without the scheme's default port (RFC 9110 §7.2).
     pub(super) fn host(&self) -> &HeaderValue {
         &self.inner.host
+    }
+
+    /// The read buffer size in bytes: the largest response head this pool's connections accept.
+    pub fn read_buffer(&self) -> usize {
+        self.inner.read_buffer
     }
 
     /// Idle connections now (for tests and `Debug`).
@@ -202,7 +215,12 @@ impl UpstreamPool {
         let io = tower_service::Service::call(&mut connector, self.inner.dst.clone())
             .await
             .map_err(SendError::Connect)?;
+        // A fixed read size instead of hyper's adaptive one: the adaptive buffer grows to 64 KiB and more, and
+        // since every body chunk handed on shares the allocation it was read into, a new buffer is made while
+        // HTTP/2 streams still queue chunks of the old one. Exact reads keep memory per connection bounded. hyper
+        // also takes this size as the largest response head, which `proxy` reports with the setting to raise.
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .read_buf_exact_size(Some(self.inner.read_buffer))
             .handshake(io)
             .await
             .map_err(SendError::Exchange)?;

@@ -13,13 +13,15 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::{BoundAddrs, Listeners, Shared};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpStream, UdpSocket};
+
+use crate::harness::Captured;
 
 /// Upper bound on waiting for a certificate to be issued and served.
 const ISSUE_WAIT: Duration = Duration::from_secs(60);
@@ -609,20 +611,6 @@ async fn acme_renews_a_short_lived_certificate_and_serves_it_without_restart() {
     assert_eq!(gw.orders("failed"), 0);
 }
 
-/// A `MakeWriter` into a shared buffer, to read what the gateway logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn acme_unreachable_directory_backs_off_and_logs() {
     let captured = Captured::default();
@@ -650,7 +638,7 @@ async fn acme_unreachable_directory_backs_off_and_logs() {
     let failed = gw.orders("failed");
     assert!((2..=4).contains(&failed), "{failed} failed orders in 4.5 s");
     assert_eq!(gw.orders("issued"), 0);
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let lines: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("acme order failed; backing off"))

@@ -259,6 +259,34 @@ fn zero_timeouts() {
 }
 
 #[test]
+fn upstream_read_buffer_out_of_range() {
+    for bad in ["0", "3", "1025"] {
+        let text = with_services(&format!("{WEB}upstream_read_buffer_kib = {bad}\n"));
+        let err = Case::new().errors(&text);
+        let p = problem(
+            &err,
+            "services.web.upstream_read_buffer_kib",
+            "from 4 to 1024",
+        );
+        assert!(p.line.is_some(), "{p}");
+        assert_eq!(err.problems.len(), 1, "{err}");
+    }
+    for good in ["4", "32", "1024"] {
+        let text = with_services(&format!("{WEB}upstream_read_buffer_kib = {good}\n"));
+        let snap = Case::new().load(&text).expect("valid");
+        assert_eq!(
+            snap.routes[0].pool.read_buffer(),
+            good.parse::<usize>().unwrap() * 1024
+        );
+    }
+    // Negative and non-integer values are type errors that name the key.
+    let err = Case::new().errors(&with_services(&format!(
+        "{WEB}upstream_read_buffer_kib = -1\n"
+    )));
+    problem(&err, "services.web.upstream_read_buffer_kib", "");
+}
+
+#[test]
 fn unknown_key_with_suggestion_and_line() {
     let text =
         with_services("[services.web]\nupstrem = \"http://127.0.0.1:8080\"\nbypass_auth = true\n")

@@ -45,6 +45,30 @@ pub(crate) fn init_logging() {
     });
 }
 
+/// A `MakeWriter` into a shared buffer, to read what the gateway logged.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(pub(crate) Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Polls `check` every 50 ms until it returns true or `limit` passes.
 pub(crate) async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
 where
