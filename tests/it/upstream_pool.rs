@@ -16,6 +16,19 @@ fn bypass(upstream: &str) -> String {
     format!("upstream = {upstream:?}\nbypass_auth = true")
 }
 
+/// Reads from a raw upstream socket until the end of one request head; false when the peer left first.
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() -> Result<()> {
     let echo = Echo::start().await?;
@@ -47,13 +60,8 @@ async fn upstream_that_closes_every_connection_after_one_response_loses_no_reque
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -126,13 +134,8 @@ async fn upstream_with_large_headers(head_kib: usize) -> Result<std::net::Socket
         while let Ok((mut s, _)) = listener.accept().await {
             let response = Arc::clone(&response);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s.write_all(&response).await;
                 let _ = s.shutdown().await;
