@@ -613,15 +613,8 @@ async fn acme_renews_a_short_lived_certificate_and_serves_it_without_restart() {
 
 #[tokio::test]
 async fn acme_unreachable_directory_backs_off_and_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("portcullis=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // Current-thread runtime: the gateway's tasks log on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install("portcullis=info");
 
     let dir = tempfile::tempdir().unwrap();
     let pebble_ca = listener_certs(dir.path());

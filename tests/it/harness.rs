@@ -50,6 +50,20 @@ pub(crate) fn init_logging() {
 pub(crate) struct Captured(pub(crate) Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// Captures the log lines that pass `filter` (an env-filter directive) until the guard drops. Only events
+    /// on this thread are seen, so the test must run the gateway on a current-thread runtime (the default for
+    /// `#[tokio::test]`).
+    pub(crate) fn install(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     /// Everything written so far.
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()

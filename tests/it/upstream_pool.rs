@@ -147,15 +147,8 @@ async fn upstream_with_large_headers(head_kib: usize) -> Result<std::net::Socket
 
 #[tokio::test]
 async fn response_headers_over_the_read_buffer_are_a_502_that_names_the_setting() -> Result<()> {
-    let captured = crate::harness::Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("portcullis=warn")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // Current-thread runtime: the gateway's tasks log on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = crate::harness::Captured::install("portcullis=warn");
 
     // 40 KiB of headers: over the default 32 KiB, under 64 KiB.
     let addr = upstream_with_large_headers(40).await?;
