@@ -22,6 +22,10 @@
 #   OUT=benches/load/results/latest.json
 #   PERF_DATA=/tmp/perf.data   also `perf record -g` Portcullis during its measured run of PERF_RUN
 #   PERF_RUN="small h1"        (scenario and protocol)
+#   PERF_STAT=1        with PERF_DATA: write `perf stat` counts (syscalls, context switches, page faults, task
+#                      clock) to PERF_DATA instead of recording a profile
+#   READ_KIB=N         services.app.upstream_read_buffer_kib for the "portcullis" target only (the bypass service),
+#                      so one run compares it with portcullis-base on the default
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -296,7 +300,11 @@ measure() {
     (sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 2}')"; memory "$pid" >"$TMP/load-mem") &
     local sampler=$! perf_pid=""
     if [[ -n "${PERF_DATA:-}" && "$target" == portcullis && "$scenario $proto" == "${PERF_RUN:-small h1}" ]]; then
-        perf record -F 999 -g -p "$pid" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+        if [[ -n "${PERF_STAT:-}" ]]; then
+            perf stat -e raw_syscalls:sys_enter,context-switches,page-faults,task-clock -p "$pid" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+        else
+            perf record -F 999 -g -p "$pid" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+        fi
         perf_pid=$!
     fi
     out="$(run_one "$DURATION" 2>&1)" || true
@@ -450,6 +458,10 @@ run_portcullis() {
         esac
     fi
     ADMIN="$(free_port)"
+    READ_EXTRA=""
+    if [[ "$name" == portcullis && -n "${READ_KIB:-}" ]]; then
+        READ_EXTRA="upstream_read_buffer_kib = $READ_KIB"
+    fi
     cat >"$PC/bench.toml" <<EOF
 domain = "bench.test"
 
@@ -482,6 +494,7 @@ algorithms = ["HS256"]
 upstream = "http://127.0.0.1:$ORIGIN_PORT"
 hosts = ["app.bench.test"]
 bypass_auth = true
+$READ_EXTRA
 
 [services.api]
 upstream = "http://127.0.0.1:$ORIGIN_PORT"
