@@ -475,20 +475,28 @@ impl CookieKeys {
         }
     }
 
-    fn jar(headers: &HeaderMap) -> CookieJar {
+    /// A jar holding the request's cookie called `name` (the last one, when the browser sends several), so that
+    /// a signed or private view of it checks that one; the other cookies are parsed in place, never copied.
+    fn jar(headers: &HeaderMap, name: &str) -> CookieJar {
         let mut jar = CookieJar::new();
+        let mut last = None;
         for v in headers.get_all(COOKIE) {
             let Ok(v) = v.to_str() else { continue };
-            for c in Cookie::split_parse_encoded(v.to_owned()).flatten() {
-                jar.add_original(c.into_owned());
+            for c in Cookie::split_parse_encoded(v).flatten() {
+                if c.name() == name {
+                    last = Some(c.into_owned());
+                }
             }
+        }
+        if let Some(c) = last {
+            jar.add_original(c);
         }
         jar
     }
 
     /// The session id of the request's session cookie, when present and correctly signed.
     pub fn session_id(&self, headers: &HeaderMap) -> Option<String> {
-        let jar = Self::jar(headers);
+        let jar = Self::jar(headers, &self.name);
         jar.signed(&self.key)
             .get(&self.name)
             .map(|c| c.value().to_owned())
@@ -528,9 +536,10 @@ impl CookieKeys {
 
     /// The decrypted sign-in state for `state`, when the cookie is present and authentic.
     pub(crate) fn login_state(&self, headers: &HeaderMap, state: &str) -> Option<String> {
-        let jar = Self::jar(headers);
+        let name = login_cookie_name(state);
+        let jar = Self::jar(headers, &name);
         jar.private(&self.key)
-            .get(&login_cookie_name(state))
+            .get(&name)
             .map(|c| c.value().to_owned())
     }
 
@@ -547,7 +556,7 @@ impl CookieKeys {
 
     /// The redirect-loop counter: (count, window start), from a signed cookie.
     pub(crate) fn loop_count(&self, headers: &HeaderMap) -> (u32, u64) {
-        let jar = Self::jar(headers);
+        let jar = Self::jar(headers, LOOP_COOKIE);
         jar.signed(&self.key)
             .get(LOOP_COOKIE)
             .and_then(|c| {
@@ -692,6 +701,41 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_static("_portcullis=plainid"));
         assert_eq!(k.session_id(&h), None, "an unsigned cookie is refused");
+    }
+
+    #[test]
+    fn session_cookie_is_found_among_others_and_the_last_of_its_name_counts() {
+        let k = keys();
+        let set = k.session_cookie("abc", None, Duration::from_secs(60));
+        let good = set.split(';').next().unwrap().to_owned();
+        let bad = good.replace("abc", "abd");
+        let header = |values: &[String]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(COOKIE, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let among = format!("theme=dark; _ga=GA1.2.3; {good}; lang=en%20GB");
+        assert_eq!(k.session_id(&header(&[among])).as_deref(), Some("abc"));
+        // HTTP/2 clients send each cookie in a field of its own.
+        let split = ["theme=dark".to_owned(), good.clone(), "lang=en".to_owned()];
+        assert_eq!(k.session_id(&header(&split)).as_deref(), Some("abc"));
+        let stale_first = format!("{bad}; {good}");
+        assert_eq!(
+            k.session_id(&header(&[stale_first])).as_deref(),
+            Some("abc")
+        );
+        let stale_last = format!("{good}; {bad}");
+        assert_eq!(
+            k.session_id(&header(&[stale_last])),
+            None,
+            "the last cookie of the name is the one checked"
+        );
+        assert_eq!(
+            k.session_id(&header(&["theme=dark; lang=en".to_owned()])),
+            None
+        );
     }
 
     #[test]
