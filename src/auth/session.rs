@@ -739,6 +739,23 @@ mod tests {
     }
 
     #[test]
+    fn loop_counter_round_trips_and_a_forged_one_counts_from_zero() {
+        let k = keys();
+        let pair = |set: String| set.split(';').next().unwrap().to_owned();
+        let signed = pair(k.loop_cookie(3, 1_700));
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("theme=dark; {signed}")).unwrap(),
+        );
+        assert_eq!(k.loop_count(&h), (3, 1_700));
+        let mut h = HeaderMap::new();
+        let forged = format!("{LOOP_COOKIE}=9.1700");
+        h.insert(COOKIE, HeaderValue::from_str(&forged).unwrap());
+        assert_eq!(k.loop_count(&h), (0, 0), "an unsigned counter is ignored");
+    }
+
+    #[test]
     fn login_state_is_encrypted_and_bound_to_its_state() {
         let k = keys();
         let set = k.login_cookie("STATE123", "secret-verifier");
