@@ -22,6 +22,7 @@
 #   OUT=benches/load/results/latest.json
 #   PERF_DATA=/tmp/perf.data   also `perf record -g` Portcullis during its measured run of PERF_RUN
 #   PERF_RUN="small h1"        (scenario and protocol)
+#   PERF_TARGET=portcullis     the target to record instead (nginx, haproxy...: its whole process tree)
 #   PERF_STAT=1        with PERF_DATA: write `perf stat` counts (syscalls, context switches, page faults, task
 #                      clock) to PERF_DATA instead of recording a profile
 #   READ_KIB=N         services.app.upstream_read_buffer_kib for the "portcullis" target only (the bypass service),
@@ -63,6 +64,17 @@ if [[ -z "${PORTCULLIS_BIN:-}" ]]; then
     PORTCULLIS_BIN="$TARGET_DIR/release/portcullis"
 fi
 [[ -x "$PORTCULLIS_BIN" ]] || die "no binary at $PORTCULLIS_BIN"
+# A binary just written sits in the page cache in large folios, and a process maps them whole: a fresh build
+# shows ~1.6 MiB more resident text than an older copy of the same code. Dropping the binaries' cached pages first
+# makes every one fault its text in the same way, so RSS compares the binaries, not their age.
+python3 - "$PORTCULLIS_BIN" ${PORTCULLIS_BASE_BIN:+"$PORTCULLIS_BASE_BIN"} <<'PY' || true
+import os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)  # dirty pages (a build that just finished) are not dropped
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+PY
 
 TMP="$(mktemp -d /tmp/portcullis-load.XXXXXX)"
 STARTED=()
@@ -299,11 +311,13 @@ measure() {
     lc0="$(core_jiffies "$LOAD_CPU")"
     (sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 2}')"; memory "$pid" >"$TMP/load-mem") &
     local sampler=$! perf_pid=""
-    if [[ -n "${PERF_DATA:-}" && "$target" == portcullis && "$scenario $proto" == "${PERF_RUN:-small h1}" ]]; then
+    if [[ -n "${PERF_DATA:-}" && "$target" == "${PERF_TARGET:-portcullis}" && "$scenario $proto" == "${PERF_RUN:-small h1}" ]]; then
+        local pids
+        pids="$(tree "$pid" | paste -sd, -)"
         if [[ -n "${PERF_STAT:-}" ]]; then
-            perf stat -e raw_syscalls:sys_enter,context-switches,page-faults,task-clock -p "$pid" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+            perf stat -e raw_syscalls:sys_enter,context-switches,page-faults,task-clock -p "$pids" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
         else
-            perf record -F 999 -g -p "$pid" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+            perf record -F 999 -g -p "$pids" -o "$PERF_DATA" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
         fi
         perf_pid=$!
     fi
