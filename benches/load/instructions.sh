@@ -14,7 +14,9 @@
 # Environment:
 #   REQUESTS=6000 WARM=2000 CONNECTIONS=32
 #   TARGETS="portcullis nginx"   SCENARIOS="small jwt-hs256"   PROTOS="h1 h2"
-#                                (also "64k": the bypass route with a 64 KiB body)
+#                                (also "64k": the bypass route with a 64 KiB body; "session": a protected route
+#                                with a session cookie, after a real sign-in through the test OpenID provider,
+#                                which needs node and `npm ci --prefix tests/idp`)
 #   READ_KIB=N                   services.app.upstream_read_buffer_kib for Portcullis (default: the built-in 32)
 #   NO_BUILD=1                   use the existing release binary;  PORTCULLIS_BIN  binary to measure
 #   CALLGRIND_OUT=DIR            keep the callgrind profiles there (callgrind_annotate reads them)
@@ -100,6 +102,57 @@ print(f"{h}.{p}.{sig}")
 PY
 )"
 
+# The session scenario signs in for real, as run.sh does: the test OpenID provider (tests/idp) on loopback, a
+# browser-like sign-in with curl through Portcullis, then the session cookie it got on every counted request.
+IDP_ISSUER=""
+SIGNIN_PORT=""
+if want "$SCENARIOS" session && want "$TARGETS" portcullis; then
+    command -v node >/dev/null || die "session: node is missing (apt-get install -y nodejs npm)"
+    [[ -d "$ROOT/tests/idp/node_modules/oidc-provider" ]] ||
+        die "session: the test OpenID provider is not installed: npm ci --prefix tests/idp"
+    SIGNIN_PORT="$(free_port)"
+    python3 - "$TMP/idp-setup.json" "$SIGNIN_PORT" <<'PY'
+import json, sys
+json.dump({
+    "clients": [{
+        "client_id": "portcullis-instr",
+        "client_secret": "instr-client-secret",
+        "redirect_uris": [f"https://auth.bench.test:{sys.argv[2]}/oauth2/callback"],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }],
+    "users": [{"id": "bench", "password": "bench-pw", "email": "bench@bench.test", "name": "Bench",
+               "groups": ["staff"]}],
+}, open(sys.argv[1], "w"))
+PY
+    # The provider exits when its stdin closes: this script holds a fifo open until it ends.
+    mkfifo "$TMP/idp.stdin"
+    exec 7<>"$TMP/idp.stdin"
+    taskset -c 0 node "$ROOT/tests/idp/server.mjs" "$TMP/idp-setup.json" <"$TMP/idp.stdin" \
+        >"$TMP/idp.out" 2>"$TMP/idp.log" &
+    STARTED+=("$!")
+    for _ in $(seq 150); do
+        IDP_ISSUER="$(sed -n 's/.*"issuer":"\([^"]*\)".*/\1/p' "$TMP/idp.out" 2>/dev/null | head -1)"
+        [[ -n "$IDP_ISSUER" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$IDP_ISSUER" ]] || die "session: the test OpenID provider did not start: $(tail -3 "$TMP/idp.log")"
+fi
+
+# sign_in PORT: a browser sign-in through Portcullis on PORT and the provider; prints the session cookie's value.
+sign_in() {
+    local port="$1" jar="$TMP/cookies" form action final
+    local c=(curl -s --max-time 60 --cacert "$TMP/ca.crt" -c "$jar" -b "$jar"
+        --resolve "web.bench.test:$port:127.0.0.1" --resolve "auth.bench.test:$port:127.0.0.1")
+    form="$("${c[@]}" -L -H 'Accept: text/html' "https://web.bench.test:$port/small")" || return 1
+    action="$(sed -n 's/.*<form method="post" action="\([^"]*\)".*/\1/p' <<<"$form" | head -1)"
+    [[ -n "$action" ]] || { say "sign-in: no login form; got: ${form:0:300}"; return 1; }
+    final="$("${c[@]}" -L -o /dev/null -w '%{http_code} %{url_effective}' \
+        --data-urlencode login=bench --data-urlencode password=bench-pw "$IDP_ISSUER$action")" || return 1
+    [[ "$final" == "200 https://web.bench.test:$port/small" ]] ||
+        { say "sign-in: ended at $final, not at the protected page"; return 1; }
+    awk '$6 == "_portcullis" {print $7}' "$jar" | tail -1
+}
+
 # start_under_callgrind NAME CMD...: the proxy on core 1, instrumentation off until the counted phase.
 start_under_callgrind() {
     local name="$1"
@@ -163,7 +216,7 @@ count() {
 }
 
 if want "$TARGETS" portcullis; then
-    PORT="$(free_port)"
+    PORT="${SIGNIN_PORT:-$(free_port)}"
     cat >"$TMP/portcullis.toml" <<EOF
 domain = "bench.test"
 [server]
@@ -188,6 +241,22 @@ upstream = "http://127.0.0.1:$ORIGIN_PORT"
 hosts = ["api.bench.test"]
 issuers = ["hmac"]
 EOF
+    if [[ -n "$IDP_ISSUER" ]]; then
+        cat >>"$TMP/portcullis.toml" <<EOF
+[oidc]
+issuer = "$IDP_ISSUER"
+client_id = "portcullis-instr"
+client_secret = "instr-client-secret"
+token_endpoint_auth_method = "client_secret_basic"
+[session]
+secret = "instructions-session-secret-at-least-32-bytes"
+store = "memory"
+[services.web]
+upstream = "http://127.0.0.1:$ORIGIN_PORT"
+hosts = ["web.bench.test"]
+allow_groups = ["staff"]
+EOF
+    fi
     say "portcullis ($PORTCULLIS_BIN) under callgrind"
     start_under_callgrind portcullis "$PORTCULLIS_BIN" run --config "$TMP/portcullis.toml"
     answers "$PORT" app.bench.test || die "portcullis did not start: $(tail -5 "$TMP/portcullis.log")"
@@ -196,6 +265,13 @@ EOF
         want "$SCENARIOS" 64k && count portcullis "$PID" "$PORT" app.bench.test "$proto" 64k
         want "$SCENARIOS" jwt-hs256 &&
             count portcullis "$PID" "$PORT" api.bench.test "$proto" jwt-hs256 "Authorization: Bearer $TOKEN"
+        if want "$SCENARIOS" session; then
+            if [[ -z "${COOKIE:-}" ]]; then
+                COOKIE="$(sign_in "$PORT")" || COOKIE=""
+                [[ -n "$COOKIE" ]] || die "session: the sign-in failed (provider log: $(tail -3 "$TMP/idp.log"))"
+            fi
+            count portcullis "$PID" "$PORT" web.bench.test "$proto" session "Cookie: _portcullis=$COOKIE"
+        fi
     done
     kill -TERM "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
