@@ -4,6 +4,8 @@
 //! The session cookie holds only an opaque random id, signed with the configured key (the `cookie` crate's
 //! HMAC-SHA256 signed jar); the sign-in state cookie is encrypted (its AES-256-GCM private jar) because it
 //! carries the PKCE verifier. No cryptography is implemented here, and no cookie value or token is ever logged.
+//! A session cookie that verified once is remembered by its exact value, so a browser's later requests skip the
+//! decoding and the HMAC (the signature of a given value cannot change while the key stays the same).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -453,7 +455,15 @@ pub struct CookieKeys {
     key: Key,
     /// Session cookie name.
     pub(crate) name: String,
+    /// Session cookie values that verified, as the browser sends them (still percent-encoded), with the session
+    /// id each carries. Only correctly signed values get in, so its size is bounded by the sessions issued under
+    /// this key; new keys (a changed secret) start with an empty one.
+    verified: moka::sync::Cache<Box<str>, Arc<str>>,
 }
+
+/// Verified session cookie values kept, and for how long one is kept unused.
+const VERIFIED_COOKIES: u64 = 10_000;
+const VERIFIED_COOKIE_IDLE: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for CookieKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -472,23 +482,18 @@ impl CookieKeys {
         Self {
             key: Key::derive_from(secret.expose().as_bytes()),
             name,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_COOKIES)
+                .time_to_idle(VERIFIED_COOKIE_IDLE)
+                .build(),
         }
     }
 
     /// A jar holding the request's cookie called `name` (the last one, when the browser sends several), so that
-    /// a signed or private view of it checks that one; the other cookies are parsed in place, never copied.
+    /// a signed or private view of it checks that one; the other cookies are never parsed or copied.
     fn jar(headers: &HeaderMap, name: &str) -> CookieJar {
         let mut jar = CookieJar::new();
-        let mut last = None;
-        for v in headers.get_all(COOKIE) {
-            let Ok(v) = v.to_str() else { continue };
-            for c in Cookie::split_parse_encoded(v).flatten() {
-                if c.name() == name {
-                    last = Some(c.into_owned());
-                }
-            }
-        }
-        if let Some(c) = last {
+        if let Some(c) = raw_cookie(headers, name).and_then(|raw| parse_one(name, raw)) {
             jar.add_original(c);
         }
         jar
@@ -496,10 +501,19 @@ impl CookieKeys {
 
     /// The session id of the request's session cookie, when present and correctly signed.
     pub fn session_id(&self, headers: &HeaderMap) -> Option<String> {
-        let jar = Self::jar(headers, &self.name);
-        jar.signed(&self.key)
+        let raw = raw_cookie(headers, &self.name)?;
+        if let Some(id) = self.verified.get(raw) {
+            return Some(id.as_ref().to_owned());
+        }
+        // The signature is checked on exactly the value the cache is keyed by.
+        let mut jar = CookieJar::new();
+        jar.add_original(parse_one(&self.name, raw)?);
+        let id = jar
+            .signed(&self.key)
             .get(&self.name)
-            .map(|c| c.value().to_owned())
+            .map(|c| c.value().to_owned())?;
+        self.verified.insert(raw.into(), Arc::from(id.as_str()));
+        Some(id)
     }
 
     /// A `Set-Cookie` value for a new session.
@@ -607,6 +621,28 @@ impl CookieKeys {
             }
         }
     }
+}
+
+/// The value, as sent, of the last cookie called `name` in the request's `Cookie` headers (RFC 6265 §5.4: pairs
+/// separated by `;`, optional spaces around them).
+fn raw_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut last = None;
+    for v in headers.get_all(COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for pair in v.split(';') {
+            if let Some((n, value)) = pair.split_once('=') {
+                if n.trim() == name {
+                    last = Some(value.trim());
+                }
+            }
+        }
+    }
+    last
+}
+
+/// The cookie `name=raw`, percent-decoded as the `cookie` crate encodes it when it is set.
+fn parse_one(name: &str, raw: &str) -> Option<Cookie<'static>> {
+    Cookie::parse_encoded(format!("{name}={raw}")).ok()
 }
 
 fn login_cookie_name(state: &str) -> String {
@@ -736,6 +772,42 @@ mod tests {
             k.session_id(&header(&["theme=dark; lang=en".to_owned()])),
             None
         );
+    }
+
+    #[test]
+    fn only_a_verified_cookie_value_is_remembered_and_only_under_its_own_key() {
+        let k = keys();
+        let set = k.session_cookie("abc", None, Duration::from_secs(60));
+        let good = set.split(';').next().unwrap().to_owned();
+        let raw = good.split_once('=').unwrap().1.to_owned();
+        let bad = good.replace("abc", "abd");
+        let bad_raw = bad.split_once('=').unwrap().1.to_owned();
+        let h = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(k.session_id(&h(&bad)), None);
+        assert!(
+            !k.verified.contains_key(bad_raw.as_str()),
+            "a forged value is not remembered"
+        );
+        assert_eq!(k.session_id(&h(&good)).as_deref(), Some("abc"));
+        assert!(k.verified.contains_key(raw.as_str()));
+        // Served from memory now, with the id it was verified with; a forged neighbour is still checked.
+        assert_eq!(k.session_id(&h(&good)).as_deref(), Some("abc"));
+        assert_eq!(
+            k.session_id(&h(&format!("  {good} ; x=1"))).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(k.session_id(&h(&bad)), None);
+        // The same bytes under another key (another secret, or the same one after a reload) are checked again.
+        let other = CookieKeys::new(
+            &Secret::new("another-key-another-key-another-key!!"),
+            "_portcullis".into(),
+        );
+        assert_eq!(other.session_id(&h(&good)), None);
+        assert!(!other.verified.contains_key(raw.as_str()));
     }
 
     #[test]
