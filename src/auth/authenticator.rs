@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use super::claims::numeric_date;
 use super::client::{form_encode, HttpClient};
 use super::error::{AuthError, FetchError, TokenRejection};
-use super::identity::{Identity, Permit};
+use super::identity::{Identity, IdentityMemo, Permit};
 use super::jwks::{fetch_keys, KeySnapshot, PublicKey};
 use super::jwt;
 use super::path::normalized_forms;
@@ -104,6 +104,8 @@ struct Verified {
     kid: Option<String>,
     claims: Arc<Map<String, Value>>,
     ttl: Duration,
+    /// The identity made from `claims`, so a cached token does not copy them again on every request.
+    identity: IdentityMemo,
 }
 
 /// An introspection answer.
@@ -300,11 +302,13 @@ impl Authenticator {
         auth: &AuthSettings,
         policy: &ServicePolicy,
         token: &str,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Arc<Identity>, AuthError> {
         if jwt::looks_like_jwt(token) {
             self.authenticate_jwt(auth, policy, token).await
         } else {
-            Box::pin(self.introspect(auth, policy, token)).await
+            Box::pin(self.introspect(auth, policy, token))
+                .await
+                .map(Arc::new)
         }
     }
 
@@ -313,15 +317,14 @@ impl Authenticator {
         auth: &AuthSettings,
         policy: &ServicePolicy,
         token: &str,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Arc<Identity>, AuthError> {
         let trusted = policy.trusted(auth);
         let digest = sha256([token.as_bytes()]);
         let now = self.now() as i64;
         if let Some(v) = self.inner.verified.as_ref().and_then(|c| c.get(&digest)) {
             if let Some(issuer) = trusted.iter().find(|i| i.fingerprint == v.fingerprint) {
                 if self.key_still_published(issuer, v.kid.as_deref()).await {
-                    let claims = Arc::clone(&v.claims);
-                    return self.finish(policy, issuer, claims, now);
+                    return self.finish(policy, issuer, &v.claims, Some(&v.identity), now);
                 }
             }
         }
@@ -378,7 +381,7 @@ impl Authenticator {
             }
         }
         let claims = Arc::new(parsed.claims);
-        let identity = self.finish(policy, issuer, Arc::clone(&claims), now)?;
+        let identity = self.finish(policy, issuer, &claims, None, now)?;
         if let Some(Ok(exp)) = numeric_date(&claims, "exp") {
             let left = exp.saturating_add(issuer.leeway as i64).saturating_sub(now);
             if let Some(cache) = self.inner.verified.as_ref().filter(|_| left > 0) {
@@ -389,6 +392,7 @@ impl Authenticator {
                         kid: parsed.kid,
                         claims,
                         ttl: Duration::from_secs(left as u64).min(VERIFIED_MAX_TTL),
+                        identity: IdentityMemo::default(),
                     }),
                 );
             }
@@ -396,22 +400,28 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// Claim checks that depend on time and on the service (audience), then the identity.
+    /// Claim checks that depend on time and on the service (audience), on every request, then the identity
+    /// (from `memo` when a cached verification has one for these claims and settings).
     fn finish(
         &self,
         policy: &ServicePolicy,
         issuer: &Issuer,
-        claims: Arc<Map<String, Value>>,
+        claims: &Arc<Map<String, Value>>,
+        memo: Option<&IdentityMemo>,
         now: i64,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Arc<Identity>, AuthError> {
         let audiences = policy.audiences.as_deref().unwrap_or(&issuer.audiences);
-        jwt::check_claims(&claims, audiences, now, issuer.leeway as i64)
+        jwt::check_claims(claims, audiences, now, issuer.leeway as i64)
             .map_err(|reason| invalid(Some(issuer.url.clone()), reason))?;
-        Ok(Identity::from_claims(
-            claims,
-            issuer,
-            policy.groups_claim.as_ref(),
-        ))
+        let groups_claim = policy.groups_claim.as_ref();
+        Ok(match memo {
+            Some(m) => m.identity(claims, issuer, groups_claim),
+            None => Arc::new(Identity::from_claims(
+                Arc::clone(claims),
+                issuer,
+                groups_claim,
+            )),
+        })
     }
 
     /// Whether a cached verification may be reused: for a JWKS issuer its key must still be in the current set

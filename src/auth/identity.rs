@@ -4,7 +4,7 @@
 //! Client-sent copies of every header Portcullis may set are removed on every service, bypass ones included,
 //! so a backend can trust them. Header values never carry the token itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION};
 use http::HeaderMap;
@@ -69,6 +69,69 @@ impl Identity {
     }
 }
 
+/// The identity last made from a session's claims, kept with the session record in memory (never stored): a
+/// browser's every request would otherwise copy the same strings out of the same claims again. It is used only
+/// for exactly the claims it was made from (the same `Arc`, which it keeps alive, so the address cannot be
+/// reused) and the same issuer settings; new claims (a refresh, a new sign-in) come in a new record, and a copied
+/// record starts with an empty memo.
+#[derive(Default)]
+pub(crate) struct IdentityMemo(OnceLock<Memo>);
+
+struct Memo {
+    username_claim: Option<ClaimPath>,
+    groups_claim: ClaimPath,
+    identity: Arc<Identity>,
+}
+
+impl IdentityMemo {
+    /// The identity for `claims` as `issuer` and the service's `groups_claim` read them.
+    pub(crate) fn identity(
+        &self,
+        claims: &Arc<Map<String, Value>>,
+        issuer: &Issuer,
+        groups_claim: Option<&ClaimPath>,
+    ) -> Arc<Identity> {
+        let groups = groups_claim.unwrap_or(&issuer.groups_claim);
+        if let Some(m) = self.0.get() {
+            if Arc::ptr_eq(&m.identity.claims, claims)
+                && m.identity.issuer == issuer.url
+                && m.username_claim == issuer.username_claim
+                && m.groups_claim == *groups
+            {
+                return Arc::clone(&m.identity);
+            }
+        }
+        let identity = Arc::new(Identity::from_claims(
+            Arc::clone(claims),
+            issuer,
+            groups_claim,
+        ));
+        // The first reading is kept; services that read groups from another claim just build theirs each time.
+        let _ = self.0.set(Memo {
+            username_claim: issuer.username_claim.clone(),
+            groups_claim: groups.clone(),
+            identity: Arc::clone(&identity),
+        });
+        identity
+    }
+}
+
+impl Clone for IdentityMemo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for IdentityMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "IdentityMemo(set)"
+        } else {
+            "IdentityMemo(empty)"
+        })
+    }
+}
+
 /// The result of an allow decision; only the auth module can make one.
 #[derive(Debug, Clone)]
 pub struct Permit {
@@ -80,9 +143,9 @@ impl Permit {
         Self { identity: None }
     }
 
-    pub(crate) fn authenticated(identity: Identity) -> Self {
+    pub(crate) fn authenticated(identity: Arc<Identity>) -> Self {
         Self {
-            identity: Some(Arc::new(identity)),
+            identity: Some(identity),
         }
     }
 

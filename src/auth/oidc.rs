@@ -1182,6 +1182,7 @@ pub(crate) fn session_from(
         created_at: previous.map_or(now, |p| p.created_at),
         last_seen: now,
         refresh_at: now + o.refresh_every.as_secs(),
+        identity: Default::default(),
         claims: Arc::new(claims),
     }
 }

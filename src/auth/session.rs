@@ -17,6 +17,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::identity::IdentityMemo;
 use crate::config::Secret;
 
 /// How long a sign-in may take between `/oauth2/start` and the callback.
@@ -44,6 +45,9 @@ pub(crate) struct Session {
     pub(crate) last_seen: u64,
     /// Unix time when the claims must be re-read from the provider.
     pub(crate) refresh_at: u64,
+    /// The identity made from `claims`, in memory only.
+    #[serde(skip)]
+    pub(crate) identity: IdentityMemo,
 }
 
 /// A store failure (Redis unreachable, corrupt entry).
@@ -599,24 +603,28 @@ impl CookieKeys {
         if !headers.contains_key(COOKIE) {
             return;
         }
-        let kept: Vec<String> = headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .map(str::trim)
-            .filter(|pair| {
-                let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-                !name.is_empty()
-                    && name != self.name
-                    && !name.starts_with(LOGIN_COOKIE_PREFIX)
-                    && name != LOOP_COOKIE
-            })
-            .map(str::to_owned)
-            .collect();
+        // The other cookies, in one `Cookie` field (also when HTTP/2 sent one per field: RFC 9113 §8.2.3).
+        let mut kept = String::new();
+        for v in headers.get_all(COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            for pair in v.split(';').map(str::trim) {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+                if name.is_empty()
+                    || name == self.name
+                    || name.starts_with(LOGIN_COOKIE_PREFIX)
+                    || name == LOOP_COOKIE
+                {
+                    continue;
+                }
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(pair);
+            }
+        }
         headers.remove(COOKIE);
         if !kept.is_empty() {
-            if let Ok(v) = http::HeaderValue::from_str(&kept.join("; ")) {
+            if let Ok(v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
                 headers.insert(COOKIE, v);
             }
         }
@@ -857,6 +865,20 @@ mod tests {
         h.insert(COOKIE, HeaderValue::from_static("_portcullis=x"));
         k.strip_from_request(&mut h);
         assert!(h.get(COOKIE).is_none());
+        // HTTP/2 clients send one cookie per field: the kept ones go upstream in one field.
+        let mut h = HeaderMap::new();
+        for v in [
+            "theme=dark",
+            "_portcullis=x",
+            " app=1 ",
+            "_portcullis_loop=2.3",
+            "=odd",
+        ] {
+            h.append(COOKIE, HeaderValue::from_static(v));
+        }
+        k.strip_from_request(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h.get(COOKIE).unwrap(), "theme=dark; app=1");
     }
 
     #[tokio::test]
@@ -873,6 +895,7 @@ mod tests {
             created_at: 0,
             last_seen: 0,
             refresh_at: 0,
+            identity: IdentityMemo::default(),
         };
         s.put("a", &sess, 100, 200).await.unwrap();
         s.put(
@@ -924,6 +947,7 @@ mod tests {
             created_at: 0,
             last_seen: 0,
             refresh_at: 0,
+            identity: IdentityMemo::default(),
         };
         for i in 0..SWEEP_EVERY {
             s.put(&format!("old{i}"), &sess(i), 0, 10).await.unwrap();

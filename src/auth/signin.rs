@@ -123,7 +123,7 @@ impl Authenticator {
         o: &OidcSettings,
         policy: &ServicePolicy,
         headers: &HeaderMap,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Arc<Identity>, AuthError> {
         let id = o
             .cookies
             .session_id(headers)
@@ -163,11 +163,9 @@ impl Authenticator {
         } else {
             session
         };
-        Ok(Identity::from_claims(
-            Arc::clone(&session.claims),
-            issuer,
-            policy.groups_claim.as_ref(),
-        ))
+        Ok(session
+            .identity
+            .identity(&session.claims, issuer, policy.groups_claim.as_ref()))
     }
 
     /// Re-reads the claims from the provider with the refresh token; concurrent requests of one session share

@@ -1179,6 +1179,48 @@ async fn groups_claim_shapes() {
 }
 
 #[tokio::test]
+async fn one_cached_token_is_read_by_each_service_with_its_own_groups_claim() {
+    // The verified-token cache remembers the identity made from the token's claims: a service that reads groups
+    // from another claim must not get the one made for another service, in either order, cached or not.
+    let text = format!(
+        "{}\n[services.teams]\nallow_groups = [\"admin\"]\ngroups_claim = \"org.teams\"\n",
+        hmac_config("")
+    );
+    let s = load(&text);
+    let a = authn(&clock());
+    let k = TestKey {
+        kid: "x".into(),
+        alg: Algorithm::HS256,
+        enc: EncodingKey::from_secret(SECRET.as_bytes()),
+        jwk: json!({}),
+    };
+    let t = bearer(&sign(
+        &k,
+        &json!({"iss": "daarion-auth", "sub": "s", "exp": T0 + 60,
+                "roles": ["admin"], "org": {"teams": ["ops"]}}),
+    ));
+    let groups = |p: &Permit| p.identity().unwrap().groups.clone();
+    for _ in 0..2 {
+        assert_eq!(
+            groups(&check(&a, &s, "api", "/", &t).await.unwrap()),
+            ["admin"]
+        );
+        assert!(matches!(
+            check(&a, &s, "teams", "/", &t).await,
+            Err(AuthError::Forbidden { .. })
+        ));
+    }
+    let a = authn(&clock());
+    for _ in 0..2 {
+        assert!(check(&a, &s, "teams", "/", &t).await.is_err());
+        assert_eq!(
+            groups(&check(&a, &s, "api", "/", &t).await.unwrap()),
+            ["admin"]
+        );
+    }
+}
+
+#[tokio::test]
 async fn verified_cache_rechecks_time_with_the_clock() {
     let s = load(&hmac_config(""));
     let c = clock();

@@ -232,6 +232,7 @@ impl Setup {
             created_at: t,
             last_seen: t,
             refresh_at: t + 3600,
+            identity: Default::default(),
         };
         let store = self.authn.store(o).unwrap();
         store.put(&id, &s, t, t + 3600).await.unwrap();
@@ -894,4 +895,44 @@ async fn cache_keys_separate_services_methods_paths_and_configs() {
         decision_key(&s.auth, app, "c1", &Method::GET, "/a/x", &HeaderMap::new()).is_none(),
         "no credential, no caching"
     );
+}
+
+#[test]
+fn a_session_identity_is_remembered_only_for_its_own_claims_and_settings() {
+    use crate::auth::claims::ClaimPath;
+    use crate::auth::identity::IdentityMemo;
+    use std::sync::Arc;
+
+    let s = setup();
+    let issuer = &s.auth.oidc().unwrap().issuer;
+    let claims = |groups: &[&str]| {
+        Arc::new(
+            json!({"sub": "s-1", "preferred_username": "bob", "groups": groups, "roles": ["r1"]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+    };
+    let memo = IdentityMemo::default();
+    let staff = claims(&["staff"]);
+    let first = memo.identity(&staff, issuer, None);
+    assert_eq!(first.groups, ["staff"]);
+    assert!(
+        Arc::ptr_eq(&first, &memo.identity(&staff, issuer, None)),
+        "remembered"
+    );
+    // Claims a refresh brought are read afresh, and so are equal ones in a new record.
+    assert_eq!(
+        memo.identity(&claims(&["admins"]), issuer, None).groups,
+        ["admins"]
+    );
+    let equal = claims(&["staff"]);
+    assert!(!Arc::ptr_eq(&first, &memo.identity(&equal, issuer, None)));
+    // A service that reads groups from another claim gets its own reading, not the remembered one.
+    let roles = ClaimPath("roles".into());
+    assert_eq!(memo.identity(&staff, issuer, Some(&roles)).groups, ["r1"]);
+    assert!(Arc::ptr_eq(&first, &memo.identity(&staff, issuer, None)));
+    // A copied session record starts with nothing remembered.
+    let copied = memo.clone();
+    assert!(!Arc::ptr_eq(&first, &copied.identity(&staff, issuer, None)));
 }
