@@ -104,54 +104,15 @@ PY
 
 # The session scenario signs in for real, as run.sh does: the test OpenID provider (tests/idp) on loopback, a
 # browser-like sign-in with curl through Portcullis, then the session cookie it got on every counted request.
+# shellcheck source=benches/load/idp.sh
+source "$HERE/idp.sh"
 IDP_ISSUER=""
 SIGNIN_PORT=""
 if want "$SCENARIOS" session && want "$TARGETS" portcullis; then
-    command -v node >/dev/null || die "session: node is missing (apt-get install -y nodejs npm)"
-    [[ -d "$ROOT/tests/idp/node_modules/oidc-provider" ]] ||
-        die "session: the test OpenID provider is not installed: npm ci --prefix tests/idp"
     SIGNIN_PORT="$(free_port)"
-    python3 - "$TMP/idp-setup.json" "$SIGNIN_PORT" <<'PY'
-import json, sys
-json.dump({
-    "clients": [{
-        "client_id": "portcullis-instr",
-        "client_secret": "instr-client-secret",
-        "redirect_uris": [f"https://auth.bench.test:{sys.argv[2]}/oauth2/callback"],
-        "token_endpoint_auth_method": "client_secret_basic",
-    }],
-    "users": [{"id": "bench", "password": "bench-pw", "email": "bench@bench.test", "name": "Bench",
-               "groups": ["staff"]}],
-}, open(sys.argv[1], "w"))
-PY
-    # The provider exits when its stdin closes: this script holds a fifo open until it ends.
-    mkfifo "$TMP/idp.stdin"
-    exec 7<>"$TMP/idp.stdin"
-    taskset -c 0 node "$ROOT/tests/idp/server.mjs" "$TMP/idp-setup.json" <"$TMP/idp.stdin" \
-        >"$TMP/idp.out" 2>"$TMP/idp.log" &
-    STARTED+=("$!")
-    for _ in $(seq 150); do
-        IDP_ISSUER="$(sed -n 's/.*"issuer":"\([^"]*\)".*/\1/p' "$TMP/idp.out" 2>/dev/null | head -1)"
-        [[ -n "$IDP_ISSUER" ]] && break
-        sleep 0.1
-    done
-    [[ -n "$IDP_ISSUER" ]] || die "session: the test OpenID provider did not start: $(tail -3 "$TMP/idp.log")"
+    idp_start 0 portcullis-instr instr-client-secret "$SIGNIN_PORT"
+    [[ -n "$IDP_ISSUER" ]] || die "session: $IDP_SKIP"
 fi
-
-# sign_in PORT: a browser sign-in through Portcullis on PORT and the provider; prints the session cookie's value.
-sign_in() {
-    local port="$1" jar="$TMP/cookies" form action final
-    local c=(curl -s --max-time 60 --cacert "$TMP/ca.crt" -c "$jar" -b "$jar"
-        --resolve "web.bench.test:$port:127.0.0.1" --resolve "auth.bench.test:$port:127.0.0.1")
-    form="$("${c[@]}" -L -H 'Accept: text/html' "https://web.bench.test:$port/small")" || return 1
-    action="$(sed -n 's/.*<form method="post" action="\([^"]*\)".*/\1/p' <<<"$form" | head -1)"
-    [[ -n "$action" ]] || { say "sign-in: no login form; got: ${form:0:300}"; return 1; }
-    final="$("${c[@]}" -L -o /dev/null -w '%{http_code} %{url_effective}' \
-        --data-urlencode login=bench --data-urlencode password=bench-pw "$IDP_ISSUER$action")" || return 1
-    [[ "$final" == "200 https://web.bench.test:$port/small" ]] ||
-        { say "sign-in: ended at $final, not at the protected page"; return 1; }
-    awk '$6 == "_portcullis" {print $7}' "$jar" | tail -1
-}
 
 # start_under_callgrind NAME CMD...: the proxy on core 1, instrumentation off until the counted phase.
 start_under_callgrind() {
@@ -242,20 +203,7 @@ hosts = ["api.bench.test"]
 issuers = ["hmac"]
 EOF
     if [[ -n "$IDP_ISSUER" ]]; then
-        cat >>"$TMP/portcullis.toml" <<EOF
-[oidc]
-issuer = "$IDP_ISSUER"
-client_id = "portcullis-instr"
-client_secret = "instr-client-secret"
-token_endpoint_auth_method = "client_secret_basic"
-[session]
-secret = "instructions-session-secret-at-least-32-bytes"
-store = "memory"
-[services.web]
-upstream = "http://127.0.0.1:$ORIGIN_PORT"
-hosts = ["web.bench.test"]
-allow_groups = ["staff"]
-EOF
+        idp_portcullis_config "$ORIGIN_PORT" >>"$TMP/portcullis.toml"
     fi
     say "portcullis ($PORTCULLIS_BIN) under callgrind"
     start_under_callgrind portcullis "$PORTCULLIS_BIN" run --config "$TMP/portcullis.toml"
@@ -267,7 +215,7 @@ EOF
             count portcullis "$PID" "$PORT" api.bench.test "$proto" jwt-hs256 "Authorization: Bearer $TOKEN"
         if want "$SCENARIOS" session; then
             if [[ -z "${COOKIE:-}" ]]; then
-                COOKIE="$(sign_in "$PORT")" || COOKIE=""
+                COOKIE="$(idp_sign_in "$PORT" "$TMP/cookies" "$TMP/ca.crt")" || COOKIE=""
                 [[ -n "$COOKIE" ]] || die "session: the sign-in failed (provider log: $(tail -3 "$TMP/idp.log"))"
             fi
             count portcullis "$PID" "$PORT" web.bench.test "$proto" session "Cookie: _portcullis=$COOKIE"

@@ -172,45 +172,15 @@ done
 
 # The session scenario signs in for real: the test OpenID provider (tests/idp, the certified oidc-provider package)
 # on loopback, a browser-like sign-in with curl, then the session cookie it got on every request.
+# shellcheck source=benches/load/idp.sh
+source "$HERE/idp.sh"
 IDP_ISSUER=""
 IDP_SKIP=""
-IDP_SETUP="$TMP/idp-setup.json"
 SIGNIN_PORTS=()
 if want "$SCENARIOS" session; then
-    if ! command -v node >/dev/null; then
-        IDP_SKIP="node is missing (apt-get install -y nodejs npm), then npm ci --prefix tests/idp"
-    elif [[ ! -d "$ROOT/tests/idp/node_modules/oidc-provider" ]]; then
-        IDP_SKIP="the test OpenID provider is not installed: npm ci --prefix tests/idp"
-    else
-        # One free port per Portcullis run, chosen now: the provider registers their exact callback URLs.
-        for _ in 1 2 3; do SIGNIN_PORTS+=("$(free_port)"); done
-        python3 - "$IDP_SETUP" "${SIGNIN_PORTS[@]}" <<'PY'
-import json, sys
-out, ports = sys.argv[1], sys.argv[2:]
-json.dump({
-    "clients": [{
-        "client_id": "portcullis-bench",
-        "client_secret": "bench-client-secret",
-        "redirect_uris": [f"https://auth.bench.test:{p}/oauth2/callback" for p in ports],
-        "token_endpoint_auth_method": "client_secret_basic",
-    }],
-    "users": [{"id": "bench", "password": "bench-pw", "email": "bench@bench.test", "name": "Bench",
-               "groups": ["staff"]}],
-}, open(out, "w"))
-PY
-        # The provider exits when its stdin closes: this script holds a fifo open until it ends.
-        mkfifo "$TMP/idp.stdin"
-        exec 7<>"$TMP/idp.stdin"
-        taskset -c "$LOAD_CPU" node "$ROOT/tests/idp/server.mjs" "$IDP_SETUP" <"$TMP/idp.stdin" \
-            >"$TMP/idp.out" 2>"$TMP/idp.log" &
-        STARTED+=("$!")
-        for _ in $(seq 150); do
-            IDP_ISSUER="$(sed -n 's/.*"issuer":"\([^"]*\)".*/\1/p' "$TMP/idp.out" 2>/dev/null | head -1)"
-            [[ -n "$IDP_ISSUER" ]] && break
-            sleep 0.1
-        done
-        [[ -n "$IDP_ISSUER" ]] || IDP_SKIP="the test OpenID provider did not start: $(tail -3 "$TMP/idp.log")"
-    fi
+    # One free port per Portcullis run, chosen now: the provider registers their exact callback URLs.
+    for _ in 1 2 3; do SIGNIN_PORTS+=("$(free_port)"); done
+    idp_start "$LOAD_CPU" portcullis-bench bench-client-secret "${SIGNIN_PORTS[@]}"
 fi
 
 # ------------------------------------------------------------------------------------------------ measurement
@@ -439,24 +409,6 @@ if want "$TARGETS" origin; then
     done
 fi
 
-# sign_in PORT JAR: a browser sign-in through Portcullis on PORT and the provider, with curl; prints the session
-# cookie's value. The protected page redirects to the provider's login form; posting the credentials goes back
-# through the callback, which sets the cookie and returns to the page.
-sign_in() {
-    local port="$1" jar="$2" form action final
-    rm -f "$jar"  # a fresh browser: no provider session from an earlier round
-    local c=(curl -s --max-time 20 --cacert "$CERTS/ca.crt" -c "$jar" -b "$jar"
-        --resolve "web.bench.test:$port:127.0.0.1" --resolve "auth.bench.test:$port:127.0.0.1")
-    form="$("${c[@]}" -L -H 'Accept: text/html' "https://web.bench.test:$port/small")" || return 1
-    action="$(sed -n 's/.*<form method="post" action="\([^"]*\)".*/\1/p' <<<"$form" | head -1)"
-    [[ -n "$action" ]] || { say "sign-in: no login form; got: ${form:0:300}"; return 1; }
-    final="$("${c[@]}" -L -o /dev/null -w '%{http_code} %{url_effective}' \
-        --data-urlencode login=bench --data-urlencode password=bench-pw "$IDP_ISSUER$action")" || return 1
-    [[ "$final" == "200 https://web.bench.test:$port/small" ]] ||
-        { say "sign-in: ended at $final, not at the protected page"; return 1; }
-    awk '$6 == "_portcullis" {print $7}' "$jar" | tail -1
-}
-
 run_portcullis() {
     local name="$1" bin="$2" PC PORT ADMIN PID token alg proto code cookie h
     say "$name ($bin)"
@@ -516,23 +468,7 @@ hosts = ["api.bench.test"]
 issuers = ["jwks", "hmac"]
 EOF
     if [[ -n "$IDP_ISSUER" ]]; then
-        cat >>"$PC/bench.toml" <<EOF
-
-[oidc]
-issuer = "$IDP_ISSUER"
-client_id = "portcullis-bench"
-client_secret = "bench-client-secret"
-token_endpoint_auth_method = "client_secret_basic"
-
-[session]
-secret = "bench-session-secret-at-least-32-bytes-long"
-store = "memory"
-
-[services.web]
-upstream = "http://127.0.0.1:$ORIGIN_PORT"
-hosts = ["web.bench.test"]
-allow_groups = ["staff"]
-EOF
+        idp_portcullis_config "$ORIGIN_PORT" >>"$PC/bench.toml"
     fi
     # Access logs are info-level events; warn keeps them off, like `access_log off` for the peers.
     start "$PROXY_CPU" "$PC/log" env RUST_LOG=warn "$bin" run --config "$PC/bench.toml"
@@ -577,7 +513,7 @@ EOF
         if want "$SCENARIOS" session; then
             if [[ -n "$IDP_SKIP" ]]; then
                 note "session: skipped, $IDP_SKIP"
-            elif ! cookie="$(sign_in "$PORT" "$PC/cookies")" || [[ -z "$cookie" ]]; then
+            elif ! cookie="$(idp_sign_in "$PORT" "$PC/cookies" "$CERTS/ca.crt")" || [[ -z "$cookie" ]]; then
                 note "session: $name: the sign-in failed (provider log: $(tail -3 "$TMP/idp.log"))"
             else
                 for proto in h1 h2; do

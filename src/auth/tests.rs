@@ -564,12 +564,7 @@ allow_groups = ["admin"]
 async fn hmac_issuer_accepts_hs256_and_maps_roles() {
     let s = load(&hmac_config(""));
     let a = authn(&clock());
-    let key = TestKey {
-        kid: "x".into(),
-        alg: Algorithm::HS256,
-        enc: EncodingKey::from_secret(SECRET.as_bytes()),
-        jwk: json!({}),
-    };
+    let key = hs256_key();
     let c = json!({"iss": "daarion-auth", "sub": "9f1c", "email": "b@x.org", "name": "Bo", "roles": ["admin", "user"],
         "type": "access", "exp": T0 + 1800});
     let p = check(&a, &s, "api", "/", &bearer(&sign(&key, &c)))
@@ -931,13 +926,18 @@ paths = ["/account/*"]
 "#
 }
 
-fn hs(extra: Value) -> String {
-    let key = TestKey {
+/// The in-house issuer's HS256 key (`SECRET`).
+fn hs256_key() -> TestKey {
+    TestKey {
         kid: "x".into(),
         alg: Algorithm::HS256,
         enc: EncodingKey::from_secret(SECRET.as_bytes()),
         jwk: json!({}),
-    };
+    }
+}
+
+fn hs(extra: Value) -> String {
+    let key = hs256_key();
     let mut c = json!({"iss": "daarion-auth", "sub": "u1", "preferred_username": "ann", "email": "ann@example.com",
         "roles": ["staff"], "tenant": "acme", "exp": T0 + 1800});
     for (k, v) in extra.as_object().unwrap() {
@@ -1149,12 +1149,7 @@ async fn groups_claim_shapes() {
     );
     let s = load(&text);
     let a = authn(&clock());
-    let k = TestKey {
-        kid: "x".into(),
-        alg: Algorithm::HS256,
-        enc: EncodingKey::from_secret(SECRET.as_bytes()),
-        jwk: json!({}),
-    };
+    let k = hs256_key();
     let tok = |g: Value| {
         bearer(&sign(
             &k,
@@ -1188,12 +1183,7 @@ async fn one_cached_token_is_read_by_each_service_with_its_own_groups_claim() {
     );
     let s = load(&text);
     let a = authn(&clock());
-    let k = TestKey {
-        kid: "x".into(),
-        alg: Algorithm::HS256,
-        enc: EncodingKey::from_secret(SECRET.as_bytes()),
-        jwk: json!({}),
-    };
+    let k = hs256_key();
     let t = bearer(&sign(
         &k,
         &json!({"iss": "daarion-auth", "sub": "s", "exp": T0 + 60,
@@ -1225,12 +1215,7 @@ async fn verified_cache_rechecks_time_with_the_clock() {
     let s = load(&hmac_config(""));
     let c = clock();
     let a = authn(&c);
-    let k = TestKey {
-        kid: "x".into(),
-        alg: Algorithm::HS256,
-        enc: EncodingKey::from_secret(SECRET.as_bytes()),
-        jwk: json!({}),
-    };
+    let k = hs256_key();
     let t = bearer(&sign(
         &k,
         &json!({"iss": "daarion-auth", "sub": "s", "roles": ["admin"], "exp": T0 + 100}),
