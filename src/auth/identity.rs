@@ -69,11 +69,11 @@ impl Identity {
     }
 }
 
-/// The identity last made from a session's claims, kept with the session record in memory (never stored): a
-/// browser's every request would otherwise copy the same strings out of the same claims again. It is used only
-/// for exactly the claims it was made from (the same `Arc`, which it keeps alive, so the address cannot be
-/// reused) and the same issuer settings; new claims (a refresh, a new sign-in) come in a new record, and a copied
-/// record starts with an empty memo.
+/// The identity last made from a set of claims, kept beside them in memory (never stored): in a session record,
+/// and in a cached token verification. A browser's or an API client's every request would otherwise copy the same
+/// strings out of the same claims again. It is used only for exactly the claims it was made from (the same `Arc`,
+/// which it keeps alive, so the address cannot be reused) and the same issuer settings; new claims (a refresh, a
+/// new sign-in, another token) come in a new record, and a copied record starts with an empty memo.
 #[derive(Default)]
 pub(crate) struct IdentityMemo(OnceLock<Memo>);
 
