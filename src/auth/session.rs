@@ -496,11 +496,9 @@ impl CookieKeys {
     /// A jar holding the request's cookie called `name` (the last one, when the browser sends several), so that
     /// a signed or private view of it checks that one; the other cookies are never parsed or copied.
     fn jar(headers: &HeaderMap, name: &str) -> CookieJar {
-        let mut jar = CookieJar::new();
-        if let Some(c) = raw_cookie(headers, name).and_then(|raw| parse_one(name, raw)) {
-            jar.add_original(c);
-        }
-        jar
+        raw_cookie(headers, name)
+            .and_then(|raw| jar_of(name, raw))
+            .unwrap_or_default()
     }
 
     /// The session id of the request's session cookie, when present and correctly signed.
@@ -510,9 +508,7 @@ impl CookieKeys {
             return Some(id.as_ref().to_owned());
         }
         // The signature is checked on exactly the value the cache is keyed by.
-        let mut jar = CookieJar::new();
-        jar.add_original(parse_one(&self.name, raw)?);
-        let id = jar
+        let id = jar_of(&self.name, raw)?
             .signed(&self.key)
             .get(&self.name)
             .map(|c| c.value().to_owned())?;
@@ -605,22 +601,18 @@ impl CookieKeys {
         }
         // The other cookies, in one `Cookie` field (also when HTTP/2 sent one per field: RFC 9113 §8.2.3).
         let mut kept = String::new();
-        for v in headers.get_all(COOKIE) {
-            let Ok(v) = v.to_str() else { continue };
-            for pair in v.split(';').map(str::trim) {
-                let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-                if name.is_empty()
-                    || name == self.name
-                    || name.starts_with(LOGIN_COOKIE_PREFIX)
-                    || name == LOOP_COOKIE
-                {
-                    continue;
-                }
-                if !kept.is_empty() {
-                    kept.push_str("; ");
-                }
-                kept.push_str(pair);
+        for (name, pair) in cookie_pairs(headers) {
+            if name.is_empty()
+                || name == self.name
+                || name.starts_with(LOGIN_COOKIE_PREFIX)
+                || name == LOOP_COOKIE
+            {
+                continue;
             }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
         }
         headers.remove(COOKIE);
         if !kept.is_empty() {
@@ -631,26 +623,33 @@ impl CookieKeys {
     }
 }
 
-/// The value, as sent, of the last cookie called `name` in the request's `Cookie` headers (RFC 6265 §5.4: pairs
-/// separated by `;`, optional spaces around them).
-fn raw_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    let mut last = None;
-    for v in headers.get_all(COOKIE) {
-        let Ok(v) = v.to_str() else { continue };
-        for pair in v.split(';') {
-            if let Some((n, value)) = pair.split_once('=') {
-                if n.trim() == name {
-                    last = Some(value.trim());
-                }
-            }
-        }
-    }
-    last
+/// Every `(name, pair)` of the request's `Cookie` fields, in order (RFC 6265 §5.4: pairs separated by `;`, optional
+/// spaces around them; HTTP/2 may send one field per cookie). A pair without `=` is all name.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(|pair| {
+            let pair = pair.trim();
+            (pair.split_once('=').map_or(pair, |(n, _)| n).trim(), pair)
+        })
 }
 
-/// The cookie `name=raw`, percent-decoded as the `cookie` crate encodes it when it is set.
-fn parse_one(name: &str, raw: &str) -> Option<Cookie<'static>> {
-    Cookie::parse_encoded(format!("{name}={raw}")).ok()
+/// The value, as sent, of the last cookie called `name`.
+fn raw_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    cookie_pairs(headers)
+        .filter(|(n, _)| *n == name)
+        .filter_map(|(_, pair)| pair.split_once('=').map(|(_, v)| v.trim()))
+        .last()
+}
+
+/// A jar holding only the cookie `name=raw`, percent-decoded as the `cookie` crate encodes it when it is set.
+fn jar_of(name: &str, raw: &str) -> Option<CookieJar> {
+    let mut jar = CookieJar::new();
+    jar.add_original(Cookie::parse_encoded(format!("{name}={raw}")).ok()?);
+    Some(jar)
 }
 
 fn login_cookie_name(state: &str) -> String {

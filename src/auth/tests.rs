@@ -1173,6 +1173,46 @@ async fn groups_claim_shapes() {
     assert!(check(&a, &s, "api", "/", &tok(json!(7))).await.is_err());
 }
 
+#[test]
+fn a_session_identity_is_remembered_only_for_its_own_claims_and_settings() {
+    use super::claims::ClaimPath;
+    use super::identity::IdentityMemo;
+
+    // The issuer reads groups from `roles`; a service may read them from `groups` instead.
+    let s = load(&hmac_config(""));
+    let issuer = &s.auth.issuers[0];
+    let claims = |groups: &[&str]| {
+        Arc::new(
+            json!({"sub": "s-1", "preferred_username": "bob", "roles": groups, "groups": ["r1"]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+    };
+    let memo = IdentityMemo::default();
+    let staff = claims(&["staff"]);
+    let first = memo.identity(&staff, issuer, None);
+    assert_eq!(first.groups, ["staff"]);
+    assert!(
+        Arc::ptr_eq(&first, &memo.identity(&staff, issuer, None)),
+        "remembered"
+    );
+    // Claims a refresh brought are read afresh, and so are equal ones in a new record.
+    assert_eq!(
+        memo.identity(&claims(&["admins"]), issuer, None).groups,
+        ["admins"]
+    );
+    let equal = claims(&["staff"]);
+    assert!(!Arc::ptr_eq(&first, &memo.identity(&equal, issuer, None)));
+    // A service that reads groups from another claim gets its own reading, not the remembered one.
+    let other = ClaimPath("groups".into());
+    assert_eq!(memo.identity(&staff, issuer, Some(&other)).groups, ["r1"]);
+    assert!(Arc::ptr_eq(&first, &memo.identity(&staff, issuer, None)));
+    // A copied session record starts with nothing remembered.
+    let copied = memo.clone();
+    assert!(!Arc::ptr_eq(&first, &copied.identity(&staff, issuer, None)));
+}
+
 #[tokio::test]
 async fn one_cached_token_is_read_by_each_service_with_its_own_groups_claim() {
     // The verified-token cache remembers the identity made from the token's claims: a service that reads groups
