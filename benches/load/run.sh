@@ -217,11 +217,12 @@ tree() {
     done
 }
 
-# CPU ticks (utime+stime) of the tree.
+# CPU ticks (utime+stime) of the tree; with a second argument "user", utime alone.
 cpu_ticks() {
-    local total=0 p t
+    local total=0 p t fields='$12 + $13'
+    [[ "${2:-}" == user ]] && fields='$12'
     for p in $(tree "$1"); do
-        t=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}') || t=0
+        t=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk "{print $fields}") || t=0
         total=$((total + ${t:-0}))
     done
     echo "$total"
@@ -243,7 +244,7 @@ memory() {
 # Runs a warm-up, then the measured run; samples memory half-way; appends a line to $RESULTS.
 measure() {
     local target="$1" scenario="$2" proto="$3" pid="$4" url="$5" header="${6:-}" tokens="${7:-}"
-    local host authority path scheme port hdr=() out idle load t0 t1 o0 o1 reqs dur p50 p99 errors
+    local host authority path scheme port hdr=() out idle load t0 t1 u0 u1 o0 o1 reqs dur p50 p99 errors
     scheme="${url%%://*}"
     authority="${url#*://}"
     authority="${authority%%/*}"
@@ -274,6 +275,7 @@ measure() {
     }
     (run_one "$WARMUP" >/dev/null 2>&1) || true
     t0="$(cpu_ticks "$pid")"
+    u0="$(cpu_ticks "$pid" user)"
     o0=0
     [[ "$pid" != "$ORIGIN_PID" ]] && o0="$(cpu_ticks "$ORIGIN_PID")"
     local pc0 lc0 pc1 lc1
@@ -293,6 +295,7 @@ measure() {
     fi
     out="$(run_one "$DURATION" 2>&1)" || true
     t1="$(cpu_ticks "$pid")"
+    u1="$(cpu_ticks "$pid" user)"
     o1=0
     [[ "$pid" != "$ORIGIN_PID" ]] && o1="$(cpu_ticks "$ORIGIN_PID")"
     pc1="$(core_jiffies "$PROXY_CPU")"
@@ -356,9 +359,10 @@ PY
     if [[ "${other:-0}" -gt 10 ]]; then
         note "$target $scenario $proto: disturbed, other processes used ${other}% of a core during the run; repeat it"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
         "$reqs" "$dur" "$p50" "$p99" "$((t1 - t0))" "$CLK_TCK" "$idle" "$load" "${errors:-0}" \
-        "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}" "${tokens:+$(wc -l <"$tokens")}" |
+        "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}" "${tokens:+$(wc -l <"$tokens")}" \
+        "$((u1 - u0))" |
         sed 's/ /\t/g' >>"$RESULTS"
     say "$(printf '  %-20s %-14s %-3s %8s req/s  p50 %6s us  p99 %6s us  busy: proxy core %s%%, load core %s%%, other %s%%' \
         "$target" "$scenario" "$proto" "$(awk -v r="$reqs" -v d="$dur" 'BEGIN {printf "%.0f", r / (d / 1e6)}')" \
