@@ -116,3 +116,156 @@ async fn websocket_to_a_protected_service_is_refused() -> Result<()> {
     assert_eq!(echo.connections(), 0);
     Ok(())
 }
+
+/// One HTTP/2 frame as read off the wire: type, flags, stream and payload (RFC 9113 §4.1).
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: &[u8],
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let len = u32::try_from(payload.len())?.to_be_bytes();
+    let mut head = vec![len[1], len[2], len[3], kind, flags];
+    head.extend_from_slice(&stream.to_be_bytes());
+    w.write_all(&head).await?;
+    w.write_all(payload).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+/// Per-response values (`X-Request-Id`, `Date`) reach an HTTP/2 client as "never indexed" literals, so they do
+/// not churn the connection's HPACK table, while a stable upstream value (`Content-Type`) is still indexed once
+/// and then sent by reference. Read with a raw HTTP/2 client: h2's own client does not expose the representation.
+#[tokio::test]
+async fn http2_responses_keep_per_response_values_out_of_the_hpack_table() -> Result<()> {
+    use httlib_hpack::{Decoder, Encoder};
+    let echo = Echo::start().await?;
+    let gw = TestGateway::new()
+        .service(
+            "web",
+            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
+        )
+        .spawn()
+        .await?;
+    let connector = tokio_rustls::TlsConnector::from(gw.tls_config(&[b"h2"])?);
+    let tcp = tokio::net::TcpStream::connect(gw.addrs.https).await?;
+    let name = rustls::pki_types::ServerName::try_from("web.example.test")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    {
+        use tokio::io::AsyncWriteExt as _;
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    }
+    write_frame(&mut tls, 0x4, 0, 0, &[]).await?; // SETTINGS, all defaults
+    let authority = format!("web.example.test:{}", gw.addrs.https.port());
+    let mut encoder = Encoder::default();
+    let mut decoder = Decoder::default();
+    // name -> HPACK flags of each response, in order.
+    let mut responses: Vec<Vec<(String, u8)>> = Vec::new();
+    for stream in [1u32, 3, 5] {
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/hpack"),
+            (":authority", authority.as_str()),
+        ] {
+            encoder
+                .encode(
+                    (n.as_bytes().to_vec(), v.as_bytes().to_vec(), 0x0),
+                    &mut block,
+                )
+                .map_err(|e| anyhow::anyhow!("hpack encode: {e:?}"))?;
+        }
+        write_frame(&mut tls, 0x1, 0x5, stream, &block).await?; // HEADERS, END_STREAM | END_HEADERS
+        let mut header_block = Vec::new();
+        loop {
+            let f = tokio::time::timeout(std::time::Duration::from_secs(10), read_frame(&mut tls))
+                .await
+                .context("no frame within 10 s")??;
+            match f.kind {
+                0x4 if f.flags & 0x1 == 0 => write_frame(&mut tls, 0x4, 0x1, 0, &[]).await?,
+                0x7 => anyhow::bail!("GOAWAY from the gateway: {:?}", f.payload),
+                0x3 if f.stream == stream => {
+                    anyhow::bail!("stream {stream} reset: {:?}", f.payload)
+                }
+                0x1 | 0x9 if f.stream == stream => {
+                    // HEADERS (no padding or priority from h2) and CONTINUATION.
+                    header_block.extend_from_slice(&f.payload);
+                    if f.flags & 0x4 != 0 {
+                        let mut fields = Vec::new();
+                        decoder
+                            .decode(&mut header_block, &mut fields)
+                            .map_err(|e| anyhow::anyhow!("hpack decode: {e:?}"))?;
+                        responses.push(
+                            fields
+                                .into_iter()
+                                .map(|(n, _, flags)| {
+                                    (String::from_utf8_lossy(&n).into_owned(), flags)
+                                })
+                                .collect(),
+                        );
+                    }
+                    if f.flags & 0x1 != 0 {
+                        break;
+                    }
+                }
+                0x0 if f.stream == stream && f.flags & 0x1 != 0 => break, // DATA, END_STREAM
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(responses.len(), 3, "one header block per response");
+    let flags = |r: &Vec<(String, u8)>, name: &str| {
+        r.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f)
+            .unwrap_or_else(|| panic!("no {name} in {r:?}"))
+    };
+    for (i, r) in responses.iter().enumerate() {
+        for name in ["x-request-id", "date"] {
+            assert_eq!(
+                flags(r, name) & Decoder::NEVER_INDEXED,
+                Decoder::NEVER_INDEXED,
+                "response {i}: {name} must be a never-indexed literal: {r:?}"
+            );
+        }
+    }
+    assert_eq!(
+        flags(&responses[0], "content-type") & Decoder::WITH_INDEXING,
+        Decoder::WITH_INDEXING,
+        "a stable upstream value is still indexed: {:?}",
+        responses[0]
+    );
+    assert_eq!(
+        flags(&responses[2], "content-type"),
+        0,
+        "and then sent from the table: {:?}",
+        responses[2]
+    );
+    Ok(())
+}
