@@ -56,10 +56,7 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() -> Res
 async fn idle_gateway_shuts_down_drained() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "a",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("a", &echo.url())
         .spawn()
         .await?;
     // A kept-alive idle connection must not hold the drain up.

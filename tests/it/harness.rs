@@ -305,6 +305,14 @@ impl TestGateway {
         self
     }
 
+    /// Adds a service that proxies to `upstream` without authentication (`bypass_auth = true`).
+    pub(crate) fn bypass_service(self, name: &str, upstream: &str) -> Self {
+        self.service(
+            name,
+            &format!("upstream = {upstream:?}\nbypass_auth = true"),
+        )
+    }
+
     /// Adds a line to `[server]`.
     pub(crate) fn server(mut self, line: &str) -> Self {
         self.config.server.push(line.to_owned());
@@ -535,7 +543,16 @@ impl Gateway {
 
     /// A TLS connection to the HTTPS listener with the given SNI (ALPN `http/1.1`).
     pub(crate) async fn tls_connect(&self, sni: &str) -> Result<TlsStream<TcpStream>> {
-        let connector = tokio_rustls::TlsConnector::from(self.tls_config(&[b"http/1.1"])?);
+        self.tls_connect_alpn(sni, b"http/1.1").await
+    }
+
+    /// A TLS connection to the HTTPS listener offering one ALPN protocol.
+    pub(crate) async fn tls_connect_alpn(
+        &self,
+        sni: &str,
+        alpn: &[u8],
+    ) -> Result<TlsStream<TcpStream>> {
+        let connector = tokio_rustls::TlsConnector::from(self.tls_config(&[alpn])?);
         let tcp = TcpStream::connect(self.addrs.https).await?;
         let name = ServerName::try_from(sni.to_owned())?;
         Ok(connector.connect(name, tcp).await?)

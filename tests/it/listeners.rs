@@ -66,10 +66,7 @@ async fn http_listener_redirects_to_https_keeping_path_and_query() -> Result<()>
 async fn admin_listener_serves_health_readiness_and_metrics() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "web",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("web", &echo.url())
         .spawn()
         .await?;
     let get = |path: &str| gw.client.get(gw.admin_url(path)).send();

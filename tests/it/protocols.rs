@@ -10,10 +10,7 @@ use crate::harness::{client_builder, Echo, EchoReport, Gateway, TestGateway};
 async fn http2_client_reaches_the_http1_upstream() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "web",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("web", &echo.url())
         .spawn()
         .await?;
     let h2 = client_builder(&gw.ca_pem)?
@@ -81,10 +78,7 @@ where
 async fn websocket_echoes_text_and_binary() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "ws",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("ws", &echo.url())
         .spawn()
         .await?;
     let mut ws = open_ws(&gw, "ws.example.test").await?;
@@ -165,16 +159,10 @@ async fn http2_responses_keep_per_response_values_out_of_the_hpack_table() -> Re
     use httlib_hpack::{Decoder, Encoder};
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "web",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("web", &echo.url())
         .spawn()
         .await?;
-    let connector = tokio_rustls::TlsConnector::from(gw.tls_config(&[b"h2"])?);
-    let tcp = tokio::net::TcpStream::connect(gw.addrs.https).await?;
-    let name = rustls::pki_types::ServerName::try_from("web.example.test")?;
-    let mut tls = connector.connect(name, tcp).await?;
+    let mut tls = gw.tls_connect_alpn("web.example.test", b"h2").await?;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     {
         use tokio::io::AsyncWriteExt as _;

@@ -8,10 +8,7 @@ use crate::harness::{refused_addr, Echo, TestGateway};
 async fn exact_host_routes_to_its_service() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "web",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("web", &echo.url())
         .service(
             "other",
             &format!(
@@ -78,10 +75,7 @@ async fn unknown_host_is_404() -> Result<()> {
 async fn host_case_port_and_trailing_dot_still_route() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "web",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("web", &echo.url())
         .spawn()
         .await?;
     for host in [
@@ -108,10 +102,7 @@ async fn host_not_covered_by_the_connections_certificate_is_421() -> Result<()> 
     let gw = TestGateway::new()
         .certificate(&["a.example.test"])
         .certificate(&["b.example.test"])
-        .service(
-            "a",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("a", &echo.url())
         .service(
             "b",
             &format!("upstream = {:?}\nbypass_auth = true", echo.counted_url()),

@@ -29,10 +29,7 @@ fn chunk(pattern: &Bytes, i: u64) -> Bytes {
 async fn upload_of_256_mib_streams_to_the_upstream() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "up",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("up", &echo.url())
         .spawn()
         .await?;
     let chunks = SIZE / CHUNK as u64;
@@ -61,10 +58,7 @@ async fn upload_of_256_mib_streams_to_the_upstream() -> Result<()> {
 async fn download_of_256_mib_streams_to_the_client() -> Result<()> {
     let echo = Echo::start().await?;
     let gw = TestGateway::new()
-        .service(
-            "down",
-            &format!("upstream = {:?}\nbypass_auth = true", echo.url()),
-        )
+        .bypass_service("down", &echo.url())
         .spawn()
         .await?;
     let resp = gw
