@@ -217,15 +217,15 @@ tree() {
     done
 }
 
-# CPU ticks (utime+stime) of the tree; with a second argument "user", utime alone.
+# "TOTAL USER": CPU ticks of the tree, utime+stime and utime alone, from one read of each /proc/PID/stat.
 cpu_ticks() {
-    local total=0 p t fields='$12 + $13'
-    [[ "${2:-}" == user ]] && fields='$12'
+    local total=0 user=0 p t u
     for p in $(tree "$1"); do
-        t=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk "{print $fields}") || t=0
+        read -r t u < <(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13, $12}') || true
         total=$((total + ${t:-0}))
+        user=$((user + ${u:-0}))
     done
-    echo "$total"
+    echo "$total $user"
 }
 
 # "RSS_KiB PSS_KiB" of the tree.
@@ -274,10 +274,9 @@ measure() {
         echo "LOADGEN_TICKS=$(sed 's/^.*) //' "/proc/$me/stat" | awk '{print $14 + $15}')"
     }
     (run_one "$WARMUP" >/dev/null 2>&1) || true
-    t0="$(cpu_ticks "$pid")"
-    u0="$(cpu_ticks "$pid" user)"
+    read -r t0 u0 <<<"$(cpu_ticks "$pid")"
     o0=0
-    [[ "$pid" != "$ORIGIN_PID" ]] && o0="$(cpu_ticks "$ORIGIN_PID")"
+    [[ "$pid" != "$ORIGIN_PID" ]] && read -r o0 _ <<<"$(cpu_ticks "$ORIGIN_PID")"
     local pc0 lc0 pc1 lc1
     pc0="$(core_jiffies "$PROXY_CPU")"
     lc0="$(core_jiffies "$LOAD_CPU")"
@@ -294,10 +293,9 @@ measure() {
         perf_pid=$!
     fi
     out="$(run_one "$DURATION" 2>&1)" || true
-    t1="$(cpu_ticks "$pid")"
-    u1="$(cpu_ticks "$pid" user)"
+    read -r t1 u1 <<<"$(cpu_ticks "$pid")"
     o1=0
-    [[ "$pid" != "$ORIGIN_PID" ]] && o1="$(cpu_ticks "$ORIGIN_PID")"
+    [[ "$pid" != "$ORIGIN_PID" ]] && read -r o1 _ <<<"$(cpu_ticks "$ORIGIN_PID")"
     pc1="$(core_jiffies "$PROXY_CPU")"
     lc1="$(core_jiffies "$LOAD_CPU")"
     wait "$sampler" 2>/dev/null || true
