@@ -72,7 +72,8 @@ def merge_rounds(rows):
             merged.append(runs[0])
             continue
         m = dict(runs[0])
-        for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "user_cpu_share", "rss_idle_mib", "pss_idle_mib",
+        for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "user_cpu_share", "loadgen_cpu_us_per_req",
+                  "origin_cpu_us_per_req", "rss_idle_mib", "pss_idle_mib",
                   "rss_load_mib", "pss_load_mib", "proxy_core_busy_pct", "load_core_busy_pct", "other_cpu_pct"):
             values = [x[k] for x in runs if x[k] is not None]
             m[k] = statistics.median(values) if values else None
@@ -98,6 +99,9 @@ def main():
             int(x or 0) for x in f[9:17])
         tokens = int(f[17]) if len(f) > 17 and f[17] else None
         user_ticks = int(f[18]) if len(f) > 18 and f[18] else None
+        gen_ticks = int(f[19]) if len(f) > 19 and f[19] else None
+        origin_ticks = int(f[20]) if len(f) > 20 and f[20] else None
+        per_req = lambda t: round(t / clk * 1e6 / reqs, 2) if reqs and t is not None else None
         rps = reqs / (dur_us / 1e6) if dur_us else 0.0
         rows.append({
             "target": target,
@@ -111,6 +115,10 @@ def main():
             "cpu_us_per_req": round(ticks / clk * 1e6 / reqs, 2) if reqs else None,
             # The share of that CPU spent in user space; the rest is the kernel (loopback TCP, system calls).
             "user_cpu_share": round(user_ticks / ticks, 3) if ticks and user_ticks is not None else None,
+            # The other core: what the load generator and the origin spent per request. With that core near 100%
+            # busy, a proxy that makes them work more per request is held to fewer req/s.
+            "loadgen_cpu_us_per_req": per_req(gen_ticks),
+            "origin_cpu_us_per_req": per_req(origin_ticks) if target != "origin" else None,
             "rss_idle_mib": round(idle_rss / 1024, 1),
             "pss_idle_mib": round(idle_pss / 1024, 1),
             "rss_load_mib": round(load_rss / 1024, 1),
@@ -141,7 +149,8 @@ def main():
             n = r["distinct_tokens"] or 0
             r["max_cache_hit_share"] = round(min(1.0, 10000 / n), 3) if n else None
 
-    head = ["target", "scenario", "proto", "req/s", "p50 ms", "p99 ms", "CPU us/req", "user %", "RSS MiB", "PSS MiB",
+    head = ["target", "scenario", "proto", "req/s", "p50 ms", "p99 ms", "CPU us/req", "user %", "gen+origin us",
+            "RSS MiB", "PSS MiB",
             "idle RSS", "core P/L/other %", "x origin", "x nginx"]
     table = [head]
     fmt = lambda v, d=2: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
@@ -149,6 +158,8 @@ def main():
         table.append([r["target"], r["scenario"], r["proto"], fmt(r["req_per_s"], 0), fmt(r["p50_ms"]),
                       fmt(r["p99_ms"]), fmt(r["cpu_us_per_req"], 1),
                       fmt(None if r["user_cpu_share"] is None else round(100 * r["user_cpu_share"]), 0),
+                      "-" if r["loadgen_cpu_us_per_req"] is None else
+                      f'{r["loadgen_cpu_us_per_req"]:.1f}+{r["origin_cpu_us_per_req"] or 0:.1f}',
                       fmt(r["rss_load_mib"], 1),
                       fmt(r["pss_load_mib"], 1), fmt(r["rss_idle_mib"], 1),
                       f'{r["proxy_core_busy_pct"]}/{r["load_core_busy_pct"]}/{r["other_cpu_pct"]}', fmt(r["ratio_to_origin"]),

@@ -357,10 +357,11 @@ PY
     if [[ "${other:-0}" -gt 10 ]]; then
         note "$target $scenario $proto: disturbed, other processes used ${other}% of a core during the run; repeat it"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
+    # The last two fields: the load generator's and the origin's CPU ticks (the load side, on the other core).
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
         "$reqs" "$dur" "$p50" "$p99" "$((t1 - t0))" "$CLK_TCK" "$idle" "$load" "${errors:-0}" \
         "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}" "${tokens:+$(wc -l <"$tokens")}" \
-        "$((u1 - u0))" |
+        "$((u1 - u0))" "${gen:-0}" "$((o1 - o0))" |
         sed 's/ /\t/g' >>"$RESULTS"
     say "$(printf '  %-20s %-14s %-3s %8s req/s  p50 %6s us  p99 %6s us  busy: proxy core %s%%, load core %s%%, other %s%%' \
         "$target" "$scenario" "$proto" "$(awk -v r="$reqs" -v d="$dur" 'BEGIN {printf "%.0f", r / (d / 1e6)}')" \
