@@ -223,6 +223,32 @@ def main():
         for c in checks:
             mark = {True: "met", False: "NOT met", None: "n/a"}[c["met"]]
             print(f"  {c['target']:<48} {fmt(c['value'], 3):>8}  goal {c['goal']:<7} {mark}")
+    # What holds each proxy's req/s on the bypass route: its own core (capacity: what one whole core would carry at
+    # the CPU it spent per request) or the other core, where the load generator and the origin run (ceiling: what
+    # that core can carry at their CPU per request). With the load core near 100% busy, req/s sits at the ceiling,
+    # and the ratio of two proxies' req/s tells only how much work each makes the load generator and origin do.
+    bounds = []
+    for s in ("small", "64k"):
+        for p in ("h1", "h2"):
+            for t in ("portcullis", "nginx", "haproxy", "caddy"):
+                r = rec(t, s, p)
+                if not r or not r["cpu_us_per_req"] or not r["loadgen_cpu_us_per_req"]:
+                    continue
+                side = r["loadgen_cpu_us_per_req"] + (r["origin_cpu_us_per_req"] or 0)
+                bounds.append({"target": t, "scenario": s, "proto": p, "req_per_s": r["req_per_s"],
+                               "capacity_req_per_s": round(1e6 / r["cpu_us_per_req"]),
+                               "ceiling_req_per_s": round(1e6 / side),
+                               "load_core_busy_pct": r["load_core_busy_pct"]})
+    if bounds:
+        print("\nWhat bounds req/s: capacity = 1e6 / proxy CPU us per request (one whole proxy core); ceiling = 1e6 /"
+              "\n(load generator + origin CPU us per request) (the whole load core):")
+        for b in bounds:
+            nb = next((x for x in bounds if x["target"] == "nginx" and x["scenario"] == b["scenario"]
+                       and x["proto"] == b["proto"]), None)
+            vs = f'  capacity vs nginx {ratio(b["capacity_req_per_s"], nb["capacity_req_per_s"]):.2f}' if nb else ""
+            print(f'  {b["scenario"]:<6} {b["proto"]}  {b["target"]:<11} {b["req_per_s"]:>8.0f} req/s  capacity '
+                  f'{b["capacity_req_per_s"]:>6}  ceiling {b["ceiling_req_per_s"]:>6} (load core '
+                  f'{b["load_core_busy_pct"]}% busy){vs}')
     notes = [n.strip() for n in open(notes_file) if n.strip()]
     if notes:
         print("\nNotes:")
@@ -235,6 +261,7 @@ def main():
         "parameters": params,
         "results": rows,
         "targets": checks,
+        "bounds": bounds,
         "notes": notes,
     }
     with open(out, "w") as f:
