@@ -18,6 +18,7 @@
 #                                with a session cookie, after a real sign-in through the test OpenID provider,
 #                                which needs node and `npm ci --prefix tests/idp`)
 #   READ_KIB=N                   services.app.upstream_read_buffer_kib for Portcullis (default: the built-in 32)
+#   RESPONSE_REQUEST_ID=errors   server.response_request_id for Portcullis (default: always)
 #   NO_BUILD=1                   use the existing release binary;  PORTCULLIS_BIN  binary to measure
 #   CALLGRIND_OUT=DIR            keep the callgrind profiles there (callgrind_annotate reads them)
 set -euo pipefail
@@ -184,6 +185,7 @@ domain = "bench.test"
 https = "127.0.0.1:$PORT"
 watch = false
 shutdown_grace_secs = 1
+${RESPONSE_REQUEST_ID:+response_request_id = \"$RESPONSE_REQUEST_ID\"}
 [tls]
 certs_dir = "$TMP/pc-certs"
 [[auth.issuers]]

@@ -27,6 +27,7 @@
 #                      clock) to PERF_DATA instead of recording a profile
 #   READ_KIB=N         services.app.upstream_read_buffer_kib for the "portcullis" target only (the bypass service),
 #                      so one run compares it with portcullis-base on the default
+#   RESPONSE_REQUEST_ID=errors   server.response_request_id for the "portcullis" target only, the same way
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -427,9 +428,12 @@ run_portcullis() {
         esac
     fi
     ADMIN="$(free_port)"
-    READ_EXTRA=""
+    READ_EXTRA="" SERVER_EXTRA=""
     if [[ "$name" == portcullis && -n "${READ_KIB:-}" ]]; then
         READ_EXTRA="upstream_read_buffer_kib = $READ_KIB"
+    fi
+    if [[ "$name" == portcullis && -n "${RESPONSE_REQUEST_ID:-}" ]]; then
+        SERVER_EXTRA="response_request_id = \"$RESPONSE_REQUEST_ID\""
     fi
     cat >"$PC/bench.toml" <<EOF
 domain = "bench.test"
@@ -441,6 +445,7 @@ watch = false
 shutdown_grace_secs = 1
 # The forward-auth scenario calls from loopback, as nginx's auth_request would.
 trusted_proxies = ["127.0.0.1/32"]
+$SERVER_EXTRA
 
 [tls]
 certs_dir = "$TMP/portcullis-certs"

@@ -53,6 +53,8 @@ pub struct FileServer {
     pub shutdown_grace_secs: Option<u64>,
     /// Whether the config file and certificate directory are polled for changes (SIGHUP always reloads).
     pub watch: Option<bool>,
+    /// Which responses carry `X-Request-Id` back to the client: `always` (default) or `errors` (status >= 400).
+    pub response_request_id: Option<String>,
     /// Timeouts.
     #[serde(default)]
     pub timeouts: FileTimeouts,

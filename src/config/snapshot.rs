@@ -125,6 +125,28 @@ pub struct Route {
     pub metrics: std::sync::Arc<crate::metrics::ServiceMetrics>,
 }
 
+/// `server.response_request_id`: which responses tell the client their `X-Request-Id`. The upstream always gets
+/// it and the access log always names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResponseRequestId {
+    /// Every response (the default).
+    #[default]
+    Always,
+    /// Only responses with status 400 and above, the gateway's own errors and the upstream's alike; a successful
+    /// response is then sent without it, which spares each one its bytes (and, over HTTP/2, an HPACK literal).
+    Errors,
+}
+
+impl ResponseRequestId {
+    /// Whether a response with this status carries the id.
+    pub fn applies_to(self, status: http::StatusCode) -> bool {
+        match self {
+            ResponseRequestId::Always => true,
+            ResponseRequestId::Errors => status.as_u16() >= 400,
+        }
+    }
+}
+
 /// The whole runtime configuration.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -144,6 +166,8 @@ pub struct Snapshot {
     pub shutdown_grace: Duration,
     /// Whether the file and certificate directory are polled for changes.
     pub watch: bool,
+    /// Which responses carry `X-Request-Id` back to the client.
+    pub response_request_id: ResponseRequestId,
     /// Certificate source settings.
     pub tls: TlsSource,
     /// Loaded certificates.

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::file::{FileAcme, FileConfig, FileOneOrMany, FileServer, FileService};
 use super::problem::{ProblemKind, Problems};
 use super::snapshot::{
-    ListenAddrs, Route, Snapshot, Timeouts, TlsSource, TrustedProxies, Upstream,
+    ListenAddrs, ResponseRequestId, Route, Snapshot, Timeouts, TlsSource, TrustedProxies, Upstream,
 };
 use crate::acme::{AcmeClient, AcmeSettings, ChallengeKind, Contact, DnsHook};
 use crate::proxy::UpstreamClient;
@@ -96,6 +96,18 @@ pub fn build(
             "server.timeouts.idle_secs",
             problems,
         ),
+    };
+    let response_request_id = match file.server.response_request_id.as_deref() {
+        None | Some("always") => ResponseRequestId::Always,
+        Some("errors") => ResponseRequestId::Errors,
+        Some(other) => {
+            problems.invalid(
+                "server.response_request_id",
+                other,
+                "expected `always` (every response) or `errors` (status 400 and above)",
+            );
+            ResponseRequestId::Always
+        }
     };
     let shutdown_grace = match file.server.shutdown_grace_secs {
         Some(s) => Duration::from_secs(s),
@@ -233,6 +245,7 @@ pub fn build(
         timeouts,
         shutdown_grace,
         watch: file.server.watch.unwrap_or(true),
+        response_request_id,
         tls,
         certs: Arc::new(certs?),
         auth,

@@ -74,11 +74,18 @@ pub(crate) async fn handle(
             respond(&err, id).map(Either::Right)
         }
     };
-    // Never indexed by HTTP/2's HPACK (see `proxy::prepare_for_hpack`): a fresh value per response would only
-    // churn the connection's table, and h2 0.4 compares it with every value indexed under the name first.
-    let mut request_id = request_id;
-    request_id.set_sensitive(true);
-    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id);
+    if shared
+        .snapshot
+        .load()
+        .response_request_id
+        .applies_to(resp.status())
+    {
+        // Never indexed by HTTP/2's HPACK (see `proxy::prepare_for_hpack`): a fresh value per response would only
+        // churn the connection's table, and h2 0.4 compares it with every value indexed under the name first.
+        let mut request_id = request_id;
+        request_id.set_sensitive(true);
+        resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id);
+    }
     record.status = resp.status();
     Ok(resp.map(|b| LoggedBody::new(b, record, shared)))
 }

@@ -239,6 +239,18 @@ fn bad_trusted_proxies_cidr() {
 }
 
 #[test]
+fn bad_response_request_id() {
+    let text = with_services(WEB).replace(
+        "https = \"127.0.0.1:0\"",
+        "https = \"127.0.0.1:0\"\nresponse_request_id = \"sometimes\"",
+    );
+    let err = Case::new().errors(&text);
+    let p = problem(&err, "server.response_request_id", "`errors`");
+    assert!(p.to_string().contains("sometimes"), "{p}");
+    assert_eq!(err.problems.len(), 1, "{err}");
+}
+
+#[test]
 fn zero_timeouts() {
     let text = with_services(&format!("{WEB}upstream_response_secs = 0\n")).replace(
         "https = \"127.0.0.1:0\"",

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::harness::{Echo, EchoReport, Gateway, TestGateway};
+use crate::harness::{refused_addr, Echo, EchoReport, Gateway, TestGateway};
 
 async fn gateway(echo: &Echo, server: &str, extra: &str) -> Result<Gateway> {
     TestGateway::new()
@@ -149,6 +149,49 @@ async fn request_id_is_propagated_or_generated() -> Result<()> {
     let (_, seen) = raw_echo(&gw, &["X-Request-Id: bad id with spaces"]).await?;
     assert_ne!(seen.header("x-request-id"), Some("bad id with spaces"));
     assert!(seen.header("x-request-id").is_some());
+    Ok(())
+}
+
+/// `server.response_request_id = "errors"`: the id still reaches the upstream and the log, but goes back to the
+/// client only on status 400 and above, the upstream's errors and the gateway's own alike.
+#[tokio::test]
+async fn response_request_id_errors_returns_the_id_only_on_failures() -> Result<()> {
+    let echo = Echo::start().await?;
+    let dead = refused_addr().await?;
+    let gw = TestGateway::new()
+        .server("response_request_id = \"errors\"")
+        .bypass_service("web", &echo.url())
+        .bypass_service("dead", &format!("http://{dead}"))
+        .spawn()
+        .await?;
+    let (resp, seen) = raw_echo(&gw, &["X-Request-Id: ok-1"]).await?;
+    assert_eq!(
+        seen.all("x-request-id"),
+        ["ok-1"],
+        "the upstream still gets it"
+    );
+    assert!(
+        !resp.iter().any(|(n, _)| n == "x-request-id"),
+        "a 200 goes back without it: {resp:?}"
+    );
+    for path in ["/status/404", "/status/503"] {
+        let resp = gw
+            .client
+            .get(gw.url("web.example.test", path))
+            .header("x-request-id", "upstream-error-1")
+            .send()
+            .await?;
+        assert!(resp.status().as_u16() >= 400, "{path}: {}", resp.status());
+        assert_eq!(resp.headers()["x-request-id"], "upstream-error-1", "{path}");
+    }
+    let resp = gw.get("dead.example.test", "/").await?;
+    assert_eq!(resp.status(), 502);
+    let id = resp.headers()["x-request-id"].to_str()?.to_owned();
+    assert!(resp.text().await?.contains(&id), "the page quotes the id");
+    // Unknown host: the gateway's own 404.
+    let resp = gw.get("nowhere.example.test", "/").await?;
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().contains_key("x-request-id"));
     Ok(())
 }
 
