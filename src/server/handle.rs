@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use super::access::{AccessRecord, InnerBody, LoggedBody};
 use super::listener::ConnInfo;
 use crate::auth::{sign_in_redirect, AuthError, Endpoint, PortalContext};
+use crate::config::Snapshot;
 use crate::error::{respond, RequestError};
 use crate::metrics::{DecisionKind, ServiceKindLabels, ServiceLabel};
 use crate::proxy::{self, Peer};
@@ -64,7 +65,18 @@ pub(crate) async fn handle(
         start,
         metrics: None,
     };
-    let result = route_and_forward(req, raw_host, &conn, &shared, &request_id, &mut record).await;
+    // One configuration for the whole request, the response's `X-Request-Id` included, even across a reload.
+    let snap = shared.snapshot.load_full();
+    let result = route_and_forward(
+        req,
+        raw_host,
+        &conn,
+        &shared,
+        &snap,
+        &request_id,
+        &mut record,
+    )
+    .await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -74,12 +86,7 @@ pub(crate) async fn handle(
             respond(&err, id).map(Either::Right)
         }
     };
-    if shared
-        .snapshot
-        .load()
-        .response_request_id
-        .applies_to(resp.status())
-    {
+    if snap.response_request_id.applies_to(resp.status()) {
         // Never indexed by HTTP/2's HPACK (see `proxy::prepare_for_hpack`): a fresh value per response would only
         // churn the connection's table, and h2 0.4 compares it with every value indexed under the name first.
         let mut request_id = request_id;
@@ -95,10 +102,10 @@ async fn route_and_forward(
     raw_host: Option<HeaderValue>,
     conn: &ConnInfo,
     shared: &Shared,
+    snap: &Snapshot,
     request_id: &HeaderValue,
     record: &mut AccessRecord,
 ) -> Result<Response<InnerBody>, RequestError> {
-    let snap = shared.snapshot.load_full();
     let raw_host = raw_host.ok_or(RequestError::MissingHost)?;
     let host = Host::parse(raw_host.to_str().map_err(|_| RequestError::MissingHost)?)?;
     if *record.host != *host.as_str() {
