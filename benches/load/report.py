@@ -181,6 +181,12 @@ def main():
     def rec(t, s, p):
         return index.get((t, s, p))
 
+    def load_side_us(r):
+        """CPU µs per request of the load generator and the origin (the other core), or None."""
+        if not r["loadgen_cpu_us_per_req"]:
+            return None
+        return r["loadgen_cpu_us_per_req"] + (r["origin_cpu_us_per_req"] or 0)
+
     for p in ("h1", "h2"):
         pc, ng = rec("portcullis", "small", p), rec("nginx", "small", p)
         if pc and ng:
@@ -204,9 +210,7 @@ def main():
                 check(f"{s} {p}: req/s vs bypass", v, ">= 0.9", v is not None and v >= 0.9)
                 # With the load core at its ceiling, the ratio its extra work alone allows: the client sending the
                 # credential and the origin receiving the identity headers.
-                side = lambda x: (x["loadgen_cpu_us_per_req"] or 0) + (x["origin_cpu_us_per_req"] or 0)
-                if side(r) and side(byp):
-                    r["load_side_bound_vs_bypass"] = ratio(side(byp), side(r))
+                r["load_side_bound_vs_bypass"] = ratio(load_side_us(byp), load_side_us(r))
             if ng:
                 v = ratio(r["req_per_s"], ng["req_per_s"])
                 check(f"{s} {p}: req/s vs nginx", v, ">= 1.1", v is not None and v >= 1.1)
@@ -246,9 +250,9 @@ def main():
         for p in ("h1", "h2"):
             for t in ("portcullis", "nginx", "haproxy", "caddy"):
                 r = rec(t, s, p)
-                if not r or not r["cpu_us_per_req"] or not r["loadgen_cpu_us_per_req"]:
+                side = load_side_us(r) if r else None
+                if not side or not r["cpu_us_per_req"]:
                     continue
-                side = r["loadgen_cpu_us_per_req"] + (r["origin_cpu_us_per_req"] or 0)
                 bounds.append({"target": t, "scenario": s, "proto": p, "req_per_s": r["req_per_s"],
                                "capacity_req_per_s": round(1e6 / r["cpu_us_per_req"]),
                                "ceiling_req_per_s": round(1e6 / side),
