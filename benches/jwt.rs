@@ -152,7 +152,7 @@ fn bench(c: &mut Criterion) {
     let (ed_key, ed_jwk) = ed();
     let jwks = json!({"keys": [rsa_jwk, ec_jwk, ed_jwk]}).to_string();
     let cold = Authenticator::with_options(AuthenticatorOptions {
-        verified_cache_capacity: 0,
+        verified_cache_bytes: 0,
         ..AuthenticatorOptions::default()
     });
     let warm = Authenticator::new();

@@ -26,6 +26,10 @@ pub const CONFIG_RELOADS: &str = "portcullis_config_reloads";
 pub const AUTH_DECISIONS: &str = "portcullis_auth_decisions";
 /// `portcullis_acme_orders` (counter, `_total`): ACME certificate orders by result (`issued`, `failed`).
 pub const ACME_ORDERS: &str = "portcullis_acme_orders";
+/// `portcullis_token_cache_entries` (gauge): tokens in the verified-token cache, read at each scrape.
+pub const TOKEN_CACHE_ENTRIES: &str = "portcullis_token_cache_entries";
+/// `portcullis_token_cache_bytes` (gauge): their estimated size, held under `auth.token_cache_mib`.
+pub const TOKEN_CACHE_BYTES: &str = "portcullis_token_cache_bytes";
 
 /// A service name as a label value; `-` for requests that matched no service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -95,6 +99,10 @@ pub struct Metrics {
     pub auth_decisions: Family<ServiceKindLabels, Counter>,
     /// See [`ACME_ORDERS`].
     pub acme_orders: Family<ResultLabels, Counter>,
+    /// See [`TOKEN_CACHE_ENTRIES`].
+    pub token_cache_entries: Gauge,
+    /// See [`TOKEN_CACHE_BYTES`].
+    pub token_cache_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +132,8 @@ impl Metrics {
         let reloads = Family::default();
         let auth_decisions = Family::default();
         let acme_orders = Family::default();
+        let token_cache_entries = Gauge::default();
+        let token_cache_bytes = Gauge::default();
         registry.register(
             HTTP_REQUESTS,
             "Requests by service and status class",
@@ -159,6 +169,16 @@ impl Metrics {
             "ACME certificate orders by result",
             acme_orders.clone(),
         );
+        registry.register(
+            TOKEN_CACHE_ENTRIES,
+            "Tokens in the verified-token cache",
+            token_cache_entries.clone(),
+        );
+        registry.register(
+            TOKEN_CACHE_BYTES,
+            "Estimated bytes of the verified-token cache (bounded by auth.token_cache_mib)",
+            token_cache_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -168,6 +188,8 @@ impl Metrics {
             reloads,
             auth_decisions,
             acme_orders,
+            token_cache_entries,
+            token_cache_bytes,
         }
     }
 

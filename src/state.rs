@@ -47,9 +47,11 @@ pub enum ReloadError {
 impl Shared {
     /// Shared state around an initial snapshot loaded from `config_path`.
     pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Self> {
+        let auth = Authenticator::new();
+        auth.set_token_cache_bytes(snapshot.auth.token_cache_bytes());
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
-            auth: Authenticator::new(),
+            auth,
             metrics: Metrics::new(),
             ready: tokio::sync::watch::Sender::new(false),
             https_port: std::sync::atomic::AtomicU16::new(443),
@@ -88,6 +90,8 @@ impl Shared {
                         "listener addresses changed in the configuration; they take effect only after a restart"
                     );
                 }
+                self.auth
+                    .set_token_cache_bytes(new.auth.token_cache_bytes());
                 self.snapshot.store(Arc::clone(&new));
                 self.metrics
                     .reloads

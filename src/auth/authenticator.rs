@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
@@ -55,8 +56,9 @@ const FAILURE_BACKOFF_SECS: u64 = 5;
 pub struct AuthenticatorOptions {
     /// The time source (default: the system clock).
     pub clock: Arc<dyn Clock>,
-    /// Entries of the verified-claims cache; 0 disables it (default 10 000).
-    pub verified_cache_capacity: u64,
+    /// Bytes the verified-claims cache may hold until the configuration sets its own (`auth.token_cache_mib`,
+    /// see [`Authenticator::set_token_cache_bytes`]); 0 disables it (default 16 MiB).
+    pub verified_cache_bytes: u64,
     /// Entries of the introspection cache (default 10 000).
     pub introspection_cache_capacity: u64,
 }
@@ -65,7 +67,7 @@ impl Default for AuthenticatorOptions {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            verified_cache_capacity: 10_000,
+            verified_cache_bytes: super::settings::DEFAULT_TOKEN_CACHE_MIB << 20,
             introspection_cache_capacity: 10_000,
         }
     }
@@ -81,8 +83,8 @@ pub(super) struct Inner {
     client: HttpClient,
     clock: Arc<dyn Clock>,
     keys: moka::future::Cache<String, Arc<KeySnapshot>>,
-    /// `None` when disabled (capacity 0).
-    verified: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
+    /// Verified tokens by digest, bounded by their estimated size; replaced when its budget changes.
+    verified: ArcSwap<VerifiedCache>,
     introspected: moka::future::Cache<[u8; 32], Arc<Introspected>>,
     /// Discovery documents of sign-in providers, by issuer URL.
     pub(super) providers: moka::future::Cache<String, Arc<super::oidc::Provider>>,
@@ -106,6 +108,98 @@ struct Verified {
     ttl: Duration,
     /// The identity made from `claims`, so a cached token does not copy them again on every request.
     identity: IdentityMemo,
+    /// Estimated bytes this entry keeps alive, for the cache's budget.
+    weight: u32,
+}
+
+/// What one cache entry costs besides its claims and identity: the cache's own bookkeeping (the hash table
+/// slot, the access-order and expiry-timer nodes, the key), the `Verified` record and the identity memo's record.
+/// Fitted so that the estimate stays at or above the resident memory measured per entry (see the README's
+/// "Memory of the verified-token cache").
+const VERIFIED_ENTRY_OVERHEAD: usize = 384 + std::mem::size_of::<Verified>();
+
+impl Verified {
+    /// The bytes this entry keeps alive: the overhead, the claims map and the identity a hit keeps beside it
+    /// (`identity` is the one made for this request; the memo's is made the same way), plus 15% for what the
+    /// allocator's partly used pages add to the resident memory.
+    fn estimate_weight(claims: &Map<String, Value>, identity: &Identity, kid: Option<&str>) -> u32 {
+        let live = VERIFIED_ENTRY_OVERHEAD
+            + map_heap_bytes(claims)
+            + identity_heap_bytes(identity)
+            + kid.map_or(0, |k| allocation(k.len()));
+        u32::try_from(live.saturating_mul(23) / 20).unwrap_or(u32::MAX)
+    }
+}
+
+/// Heap bytes of a JSON object as serde_json holds it (a B-tree: nodes of up to 11 keys and values inline,
+/// about two thirds full once it has more than one node), plus what the keys and values own.
+fn map_heap_bytes(m: &Map<String, Value>) -> usize {
+    const NODE: usize = 11 * (std::mem::size_of::<String>() + std::mem::size_of::<Value>()) + 16;
+    let nodes = m.len().div_ceil(7).max(1);
+    nodes * allocation(NODE)
+        + m.iter()
+            .map(|(k, v)| allocation(k.capacity()) + value_heap_bytes(v))
+            .sum::<usize>()
+}
+
+fn value_heap_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => allocation(s.capacity()),
+        Value::Array(a) => {
+            allocation(a.capacity() * std::mem::size_of::<Value>())
+                + a.iter().map(value_heap_bytes).sum::<usize>()
+        }
+        Value::Object(m) => map_heap_bytes(m),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// Heap bytes of an identity besides the claims it shares: its record in an `Arc` and its strings.
+fn identity_heap_bytes(i: &Identity) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| allocation(s.capacity()));
+    allocation(std::mem::size_of::<Identity>() + 16)
+        + allocation(i.subject.capacity())
+        + allocation(i.user.capacity())
+        + allocation(i.issuer.capacity())
+        + opt(&i.email)
+        + opt(&i.name)
+        + allocation(i.groups.capacity() * std::mem::size_of::<String>())
+        + i.groups
+            .iter()
+            .map(|g| allocation(g.capacity()))
+            .sum::<usize>()
+}
+
+/// What the allocator (mimalloc) takes for a buffer of `n` bytes: its size class, multiples of 8 up to 64,
+/// then four classes per doubling; nothing for an empty buffer, which is not allocated.
+fn allocation(n: usize) -> usize {
+    match n {
+        0 => 0,
+        1..=64 => n.next_multiple_of(8),
+        _ => n.next_multiple_of(n.next_power_of_two() / 8),
+    }
+}
+
+/// The verified-token cache and the budget it was built for.
+struct VerifiedCache {
+    bytes: u64,
+    /// `None` when the budget is 0.
+    cache: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
+}
+
+impl VerifiedCache {
+    fn new(bytes: u64) -> Self {
+        Self {
+            bytes,
+            cache: (bytes > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(bytes)
+                    .weigher(|_, v: &Arc<Verified>| v.weight)
+                    .expire_after(VerifiedExpiry)
+                    .build()
+            }),
+        }
+    }
 }
 
 /// An introspection answer.
@@ -169,12 +263,7 @@ impl Authenticator {
                     .max_capacity(1024)
                     .time_to_idle(Duration::from_secs(7 * 24 * 3600))
                     .build(),
-                verified: (o.verified_cache_capacity > 0).then(|| {
-                    moka::sync::Cache::builder()
-                        .max_capacity(o.verified_cache_capacity)
-                        .expire_after(VerifiedExpiry)
-                        .build()
-                }),
+                verified: ArcSwap::from_pointee(VerifiedCache::new(o.verified_cache_bytes)),
                 introspected: moka::future::Cache::builder()
                     .max_capacity(o.introspection_cache_capacity)
                     .expire_after(IntrospectedExpiry)
@@ -196,6 +285,34 @@ impl Authenticator {
 
     pub(super) fn now(&self) -> u64 {
         self.inner.clock.now()
+    }
+
+    /// Gives the verified-token cache a budget of `bytes` (`auth.token_cache_mib`; 0 turns it off). A new budget
+    /// starts an empty cache: tokens seen before are verified once more on their next request.
+    pub fn set_token_cache_bytes(&self, bytes: u64) {
+        if self.inner.verified.load().bytes == bytes {
+            return;
+        }
+        let old = self
+            .inner
+            .verified
+            .swap(Arc::new(VerifiedCache::new(bytes)));
+        tracing::info!(
+            auth.token_cache_bytes = bytes,
+            auth.token_cache_dropped = old.cache.as_ref().map_or(0, moka::sync::Cache::entry_count),
+            "verified-token cache budget changed (auth.token_cache_mib); it starts empty"
+        );
+    }
+
+    /// Tokens in the verified-token cache and their estimated bytes (pending evictions applied first).
+    pub fn token_cache_usage(&self) -> (u64, u64) {
+        match &self.inner.verified.load().cache {
+            Some(c) => {
+                c.run_pending_tasks();
+                (c.entry_count(), c.weighted_size())
+            }
+            None => (0, 0),
+        }
     }
 
     /// The decision for one request. `path` is the raw request path (no query); it is normalized here before
@@ -321,7 +438,8 @@ impl Authenticator {
         let trusted = policy.trusted(auth);
         let digest = sha256([token.as_bytes()]);
         let now = self.now() as i64;
-        if let Some(v) = self.inner.verified.as_ref().and_then(|c| c.get(&digest)) {
+        let hit = (self.inner.verified.load().cache.as_ref()).and_then(|c| c.get(&digest));
+        if let Some(v) = hit {
             if let Some(issuer) = trusted.iter().find(|i| i.fingerprint == v.fingerprint) {
                 if self.key_still_published(issuer, v.kid.as_deref()).await {
                     return self.finish(policy, issuer, &v.claims, Some(&v.identity), now);
@@ -384,7 +502,9 @@ impl Authenticator {
         let identity = self.finish(policy, issuer, &claims, None, now)?;
         if let Some(Ok(exp)) = numeric_date(&claims, "exp") {
             let left = exp.saturating_add(issuer.leeway as i64).saturating_sub(now);
-            if let Some(cache) = self.inner.verified.as_ref().filter(|_| left > 0) {
+            let verified = self.inner.verified.load();
+            if let Some(cache) = verified.cache.as_ref().filter(|_| left > 0) {
+                let weight = Verified::estimate_weight(&claims, &identity, parsed.kid.as_deref());
                 cache.insert(
                     digest,
                     Arc::new(Verified {
@@ -393,6 +513,7 @@ impl Authenticator {
                         claims,
                         ttl: Duration::from_secs(left as u64).min(VERIFIED_MAX_TTL),
                         identity: IdentityMemo::default(),
+                        weight,
                     }),
                 );
             }
@@ -854,5 +975,63 @@ mod tests {
         assert_ne!(sha256([&b"issuer-fingerprint|"[..], b"tokem"]), whole);
         // FIPS 180-2 test vector.
         assert_eq!(sha256([&b"abc"[..]])[..4], [0xba, 0x78, 0x16, 0xbf],);
+    }
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::*;
+
+    #[test]
+    fn allocation_follows_the_size_classes() {
+        for (n, class) in [
+            (0, 0),
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (64, 64),
+            (65, 80),
+            (100, 112),
+            (1000, 1024),
+        ] {
+            assert_eq!(allocation(n), class, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn an_entry_weighs_its_claims_and_identity() {
+        let claims = |groups: usize| -> Map<String, Value> {
+            let groups: Vec<String> = (0..groups)
+                .map(|g| format!("team-{g:04}-members"))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "iss": "i", "sub": "user-1", "preferred_username": "ann", "groups": groups, "exp": 1
+            }))
+            .unwrap()
+        };
+        let weigh = |groups: usize| {
+            let c = Arc::new(claims(groups));
+            let id = Identity {
+                subject: "user-1".into(),
+                user: "ann".into(),
+                email: None,
+                email_verified: None,
+                name: None,
+                groups: (0..groups)
+                    .map(|g| format!("team-{g:04}-members"))
+                    .collect(),
+                issuer: "i".into(),
+                claims: Arc::clone(&c),
+            };
+            u64::from(Verified::estimate_weight(&c, &id, Some("kid-1")))
+        };
+        let (small, large) = (weigh(0), weigh(60));
+        assert!((1_000..2_500).contains(&small), "{small}");
+        // Each group: its `Value` in the array, its string there, and its copy in the identity's list.
+        let per_group = (large - small) / 60;
+        assert!(
+            (100..160).contains(&per_group),
+            "{per_group} bytes per group"
+        );
     }
 }

@@ -38,13 +38,31 @@ pub(crate) const MAX_LEEWAY_SECS: u64 = 600;
 /// Default upper bound on how long an introspection answer is cached.
 pub(crate) const DEFAULT_INTROSPECTION_CACHE_SECS: u64 = 60;
 
+/// Default of `auth.token_cache_mib`.
+pub(crate) const DEFAULT_TOKEN_CACHE_MIB: u64 = 16;
+/// Largest accepted `auth.token_cache_mib`.
+pub(crate) const MAX_TOKEN_CACHE_MIB: u64 = 4096;
+
 /// Runtime auth settings built from `[auth]` at config load (part of the immutable config snapshot).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuthSettings {
     pub(crate) issuers: Vec<Arc<Issuer>>,
     pub(crate) jwks: JwksTuning,
     /// Browser sign-in, when `[oidc]` is configured.
     pub(crate) oidc: Option<Arc<super::oidc::OidcSettings>>,
+    /// `auth.token_cache_mib` in bytes: what the verified-token cache may hold (0: no cache).
+    pub(crate) token_cache_bytes: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            jwks: JwksTuning::default(),
+            oidc: None,
+            token_cache_bytes: DEFAULT_TOKEN_CACHE_MIB << 20,
+        }
+    }
 }
 
 impl AuthSettings {
@@ -66,6 +84,11 @@ impl AuthSettings {
     /// The JWKS cache tuning.
     pub fn jwks(&self) -> &JwksTuning {
         &self.jwks
+    }
+
+    /// The verified-token cache's budget in bytes (`auth.token_cache_mib`; 0: no cache).
+    pub fn token_cache_bytes(&self) -> u64 {
+        self.token_cache_bytes
     }
 
     /// The issuer with this name or `iss` URL.
@@ -234,10 +257,22 @@ pub fn build_auth(file: &FileAuth, base_dir: &Path, problems: &mut Problems) -> 
             issuers.push(Arc::new(issuer));
         }
     }
+    let mib = file.token_cache_mib.unwrap_or(DEFAULT_TOKEN_CACHE_MIB);
+    let token_cache_bytes = if mib > MAX_TOKEN_CACHE_MIB {
+        problems.invalid(
+            "auth.token_cache_mib",
+            mib.to_string(),
+            format!("must be at most {MAX_TOKEN_CACHE_MIB} (0 turns the cache off)"),
+        );
+        DEFAULT_TOKEN_CACHE_MIB << 20
+    } else {
+        mib << 20
+    };
     AuthSettings {
         issuers,
         jwks,
         oidc: None,
+        token_cache_bytes,
     }
 }
 

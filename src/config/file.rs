@@ -222,6 +222,8 @@ pub struct FileAuth {
     /// JWKS cache tuning.
     #[serde(default)]
     pub jwks: FileJwks,
+    /// Memory budget of the verified-token cache, in MiB (0 disables it).
+    pub token_cache_mib: Option<u64>,
 }
 
 /// `[[auth.issuers]]`.

@@ -38,6 +38,10 @@ pub(crate) async fn handle(
         (_, "/readyz") if shared.is_ready() => plain(StatusCode::OK, "ready\n"),
         (_, "/readyz") => plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         (Plain::Admin, "/metrics") => {
+            let (entries, bytes) = shared.auth.token_cache_usage();
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            shared.metrics.token_cache_entries.set(gauge(entries));
+            shared.metrics.token_cache_bytes.set(gauge(bytes));
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -807,3 +807,98 @@ async fn a_reload_keeps_the_jwks_cache() -> Result<()> {
     );
     Ok(())
 }
+
+/// The verified-token cache holds what `auth.token_cache_mib` allows, by the estimated size of each token's
+/// claims, and a reload that changes the budget takes effect (tokens keep verifying without the cache).
+#[tokio::test]
+async fn token_cache_stays_within_its_budget_and_follows_reloads() -> Result<()> {
+    let echo = Echo::start().await?;
+    let dir = tempfile::tempdir()?;
+    let secret_file = write_secret(dir.path(), INHOUSE_SECRET)?;
+    let mut gw = TestGateway::new()
+        .top_level("[auth]\ntoken_cache_mib = 1")
+        .top_level(&inhouse_issuer(&secret_file))
+        .service("app", &protected(&echo.url(), "issuers = [\"inhouse\"]"))
+        .spawn()
+        .await?;
+    let host = "app.example.test";
+    let t = now();
+    // Sixty groups make each entry about 9 KiB, so 1 MiB holds about a hundred of the 300 tokens.
+    let groups: Vec<String> = (0..60).map(|g| format!("team-{g:04}-members")).collect();
+    let token = |n: usize| {
+        sign_hs256(
+            INHOUSE_SECRET.as_bytes(),
+            None,
+            &json!({"sub": format!("user-{n}"), "roles": groups, "iss": INHOUSE_ISS, "iat": t, "exp": t + 600}),
+        )
+    };
+    for n in 0..300 {
+        assert_eq!(
+            get(&gw, host, "/", Some(&token(n))).await?.status(),
+            StatusCode::OK
+        );
+    }
+    let (entries, bytes) = token_cache_usage(&gw).await?;
+    assert!(
+        bytes <= 1 << 20,
+        "over budget: {entries} tokens, {bytes} bytes"
+    );
+    // Guards the weighing: counted by entries, all 300 would stay and their "bytes" would be 300.
+    assert!(
+        bytes > 1 << 19,
+        "the budget was not used: {entries} tokens, {bytes} bytes"
+    );
+    assert!(
+        (50..300).contains(&entries),
+        "{entries} tokens, {bytes} bytes"
+    );
+
+    gw.update(|c| c.top_level[0] = "[auth]\ntoken_cache_mib = 0".into())?;
+    gw.reload().await?;
+    for _ in 0..2 {
+        assert_eq!(
+            get(&gw, host, "/", Some(&token(1))).await?.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        token_cache_usage(&gw).await?,
+        (0, 0),
+        "token_cache_mib = 0 keeps no token"
+    );
+
+    gw.update(|c| c.top_level[0] = "[auth]\ntoken_cache_mib = 2".into())?;
+    gw.reload().await?;
+    for _ in 0..2 {
+        assert_eq!(
+            get(&gw, host, "/", Some(&token(1))).await?.status(),
+            StatusCode::OK
+        );
+    }
+    let (entries, bytes) = token_cache_usage(&gw).await?;
+    assert_eq!(
+        entries, 1,
+        "a new budget starts an empty cache; {bytes} bytes"
+    );
+    Ok(())
+}
+
+/// `portcullis_token_cache_entries` and `portcullis_token_cache_bytes` from the admin listener.
+async fn token_cache_usage(gw: &Gateway) -> Result<(u64, u64)> {
+    let text = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let read = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in\n{text}"))
+    };
+    Ok((
+        read("portcullis_token_cache_entries")?,
+        read("portcullis_token_cache_bytes")?,
+    ))
+}

@@ -251,6 +251,27 @@ fn bad_response_request_id() {
 }
 
 #[test]
+fn token_cache_budget() {
+    let snap = Case::new().load(&with_services(WEB)).expect("valid");
+    assert_eq!(
+        snap.auth.token_cache_bytes(),
+        16 << 20,
+        "the default budget"
+    );
+    let with = |mib: &str| format!("[auth]\ntoken_cache_mib = {mib}\n\n{WEB}");
+    let snap = Case::new()
+        .load(&with_services(&with("0")))
+        .expect("0 turns it off");
+    assert_eq!(snap.auth.token_cache_bytes(), 0);
+    let err = Case::new().errors(&with_services(&with("5000")));
+    let p = problem(&err, "auth.token_cache_mib", "at most 4096");
+    assert!(p.to_string().contains("5000"), "{p}");
+    assert_eq!(err.problems.len(), 1, "{err}");
+    let err = Case::new().errors(&with_services(&with("-1")));
+    assert!(err.to_string().contains("token_cache_mib"), "{err}");
+}
+
+#[test]
 fn zero_timeouts() {
     let text = with_services(&format!("{WEB}upstream_response_secs = 0\n")).replace(
         "https = \"127.0.0.1:0\"",
