@@ -438,7 +438,13 @@ impl Authenticator {
         let trusted = policy.trusted(auth);
         let digest = sha256([token.as_bytes()]);
         let now = self.now() as i64;
-        let hit = (self.inner.verified.load().cache.as_ref()).and_then(|c| c.get(&digest));
+        let hit = self
+            .inner
+            .verified
+            .load()
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&digest));
         if let Some(v) = hit {
             if let Some(issuer) = trusted.iter().find(|i| i.fingerprint == v.fingerprint) {
                 if self.key_still_published(issuer, v.kid.as_deref()).await {

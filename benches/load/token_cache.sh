@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Memory of the verified-token cache: what it keeps resident per token against its own estimate, the weight that
+# `auth.token_cache_mib` bounds. Starts the echo origin and Portcullis (an HS256 issuer, the cache at MIB) on
+# loopback, warms them with one token, then drives TOKENS distinct tokens through wrk for SECS seconds and prints
+# the growth of the gateway's resident memory, the tokens the cache holds and its estimated bytes
+# (portcullis_token_cache_{entries,bytes} from the admin listener), and both per token.
+#
+# Usage: benches/load/token_cache.sh
+# Environment:
+#   MIB=16 TOKENS=30000 SECS=10   the budget, the distinct tokens, the load's length
+#   TOKEN_GROUPS=0                groups per token (0: one group, like run.sh's tokens; 60: a large directory)
+#   NO_BUILD=1                    use the existing release binary;  PORTCULLIS_BIN  binary to measure
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+MIB="${MIB:-16}"
+TOKENS="${TOKENS:-30000}"
+SECS="${SECS:-10}"
+TOKEN_GROUPS="${TOKEN_GROUPS:-0}"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "token_cache: $*"; exit 1; }
+for tool in wrk python3 curl taskset; do
+    command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y wrk python3 curl util-linux"
+done
+if [[ -z "${PORTCULLIS_BIN:-}" ]]; then
+    if [[ -z "${NO_BUILD:-}" ]]; then
+        (cd "$ROOT" && cargo build --release --quiet) || die "release build failed"
+    fi
+    PORTCULLIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
+fi
+[[ -x "$PORTCULLIS_BIN" ]] || die "no binary at $PORTCULLIS_BIN"
+
+TMP="$(mktemp -d /tmp/portcullis-token-cache.XXXXXX)"
+STARTED=()
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+ORIGIN="$(free_port)" PORT="$(free_port)" ADMIN="$(free_port)"
+SECRET="token-cache-bench-secret-of-32-bytes-or-more"
+printf '%s' "$SECRET" >"$TMP/secret"
+TOKEN_GROUPS="$TOKEN_GROUPS" python3 - "$SECRET" "$TOKENS" >"$TMP/tokens.txt" <<'PY'
+import base64, hashlib, hmac, json, os, sys, time
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+secret, count, groups = sys.argv[1].encode(), int(sys.argv[2]), int(os.environ["TOKEN_GROUPS"])
+now = int(time.time())
+head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+for n in range(count):
+    claims = {"iss": "token-cache", "aud": "bench", "sub": f"bench-user-{n}", "preferred_username": f"bench{n}",
+              "groups": [f"team-{g:04d}-members-{n % 7}" for g in range(groups)] or ["bench"],
+              "iat": now, "exp": now + 6 * 3600}
+    signing = f"{head}.{b(json.dumps(claims, separators=(',', ':')).encode())}"
+    print(signing + "." + b(hmac.new(secret, signing.encode(), hashlib.sha256).digest()))
+PY
+head -1 "$TMP/tokens.txt" >"$TMP/one.txt"
+cat >"$TMP/portcullis.toml" <<TOML
+domain = "bench.test"
+[server]
+https = "127.0.0.1:$PORT"
+admin = "127.0.0.1:$ADMIN"
+watch = false
+shutdown_grace_secs = 1
+[tls]
+certs_dir = "$TMP/certs"
+self_signed = true
+[auth]
+token_cache_mib = $MIB
+[[auth.issuers]]
+name = "hmac"
+issuer = "token-cache"
+secret_file = "$TMP/secret"
+audiences = ["bench"]
+[services.api]
+upstream = "http://127.0.0.1:$ORIGIN"
+hosts = ["api.bench.test"]
+TOML
+taskset -c 0 env RUST_LOG=warn "$PORTCULLIS_BIN" echo --listen "127.0.0.1:$ORIGIN" >"$TMP/origin.log" 2>&1 &
+STARTED+=("$!")
+taskset -c 1 env RUST_LOG=error "$PORTCULLIS_BIN" run --config "$TMP/portcullis.toml" >"$TMP/portcullis.log" 2>&1 &
+PID=$!
+STARTED+=("$PID")
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null || die "Portcullis did not start: $(tail -5 "$TMP/portcullis.log")"
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
+load() {
+    TOKENS_FILE="$1" taskset -c 0 wrk -t1 -c32 -d"$2s" -s "$HERE/report.lua" -H "Host: api.bench.test" \
+        "https://127.0.0.1:$PORT/small" | grep '^WRK_RESULT'
+}
+load "$TMP/one.txt" 2 >/dev/null
+BEFORE="$(rss_kib)"
+RESULT="$(load "$TMP/tokens.txt" "$SECS")"
+[[ "$RESULT" == *"errors_status=0 "* ]] || die "some requests failed: $RESULT"
+sleep 1
+AFTER="$(rss_kib)"
+metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+ENTRIES="$(metric portcullis_token_cache_entries)"
+BYTES="$(metric portcullis_token_cache_bytes)"
+GROWTH=$(( (AFTER - BEFORE) * 1024 ))
+printf 'mib=%s tokens=%s groups=%s %s\n' "$MIB" "$TOKENS" "$TOKEN_GROUPS" "${RESULT#WRK_RESULT }"
+printf 'rss_before_kib=%s rss_after_kib=%s growth_bytes=%s entries=%s estimated_bytes=%s\n' \
+    "$BEFORE" "$AFTER" "$GROWTH" "$ENTRIES" "$BYTES"
+if (( ENTRIES == 0 )); then
+    (( MIB == 0 )) || die "the cache holds no token with a budget of $MIB MiB"
+    exit 0
+fi
+printf 'per token: resident %s bytes, estimated %s bytes (estimate / resident %s)\n' \
+    "$(( GROWTH / ENTRIES ))" "$(( BYTES / ENTRIES ))" \
+    "$(python3 -c "print(f'{$BYTES / max($GROWTH, 1):.2f}')")"
