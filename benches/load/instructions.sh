@@ -40,30 +40,12 @@ for tool in valgrind callgrind_control h2load openssl python3 curl; do
     command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y valgrind nghttp2-client openssl python3 curl"
 done
 
-if [[ -z "${PORTCULLIS_BIN:-}" ]]; then
-    if [[ -z "${NO_BUILD:-}" ]]; then
-        (cd "$ROOT" && cargo build --release --quiet) || die "release build failed"
-    fi
-    PORTCULLIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
-fi
-[[ -x "$PORTCULLIS_BIN" ]] || die "no binary at $PORTCULLIS_BIN"
-
-TMP="$(mktemp -d /tmp/portcullis-instr.XXXXXX)"
-STARTED=()
-cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=benches/load/common.sh
+source "$HERE/common.sh"
+portcullis_bin
+scratch portcullis-instr
 OUTDIR="${CALLGRIND_OUT:-$TMP}"
 mkdir -p "$OUTDIR"
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # A throw-away CA and a certificate for *.bench.test.
 (

@@ -24,28 +24,11 @@ die() { say "token_cache: $*"; exit 1; }
 for tool in wrk python3 curl taskset; do
     command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y wrk python3 curl util-linux"
 done
-if [[ -z "${PORTCULLIS_BIN:-}" ]]; then
-    if [[ -z "${NO_BUILD:-}" ]]; then
-        (cd "$ROOT" && cargo build --release --quiet) || die "release build failed"
-    fi
-    PORTCULLIS_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
-fi
-[[ -x "$PORTCULLIS_BIN" ]] || die "no binary at $PORTCULLIS_BIN"
+# shellcheck source=benches/load/common.sh
+source "$HERE/common.sh"
+portcullis_bin
+scratch portcullis-token-cache
 
-TMP="$(mktemp -d /tmp/portcullis-token-cache.XXXXXX)"
-STARTED=()
-cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 ORIGIN="$(free_port)" PORT="$(free_port)" ADMIN="$(free_port)"
 SECRET="token-cache-bench-secret-of-32-bytes-or-more"
 printf '%s' "$SECRET" >"$TMP/secret"

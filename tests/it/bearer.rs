@@ -853,28 +853,16 @@ async fn token_cache_stays_within_its_budget_and_follows_reloads() -> Result<()>
         "{entries} tokens, {bytes} bytes"
     );
 
-    gw.update(|c| c.top_level[0] = "[auth]\ntoken_cache_mib = 0".into())?;
-    gw.reload().await?;
-    for _ in 0..2 {
-        assert_eq!(
-            get(&gw, host, "/", Some(&token(1))).await?.status(),
-            StatusCode::OK
-        );
-    }
+    reload_with_budget(&mut gw, 0).await?;
+    twice_ok(&gw, host, &token(1)).await?;
     assert_eq!(
         token_cache_usage(&gw).await?,
         (0, 0),
         "token_cache_mib = 0 keeps no token"
     );
 
-    gw.update(|c| c.top_level[0] = "[auth]\ntoken_cache_mib = 2".into())?;
-    gw.reload().await?;
-    for _ in 0..2 {
-        assert_eq!(
-            get(&gw, host, "/", Some(&token(1))).await?.status(),
-            StatusCode::OK
-        );
-    }
+    reload_with_budget(&mut gw, 2).await?;
+    twice_ok(&gw, host, &token(1)).await?;
     let (entries, bytes) = token_cache_usage(&gw).await?;
     assert_eq!(
         entries, 1,
@@ -883,15 +871,26 @@ async fn token_cache_stays_within_its_budget_and_follows_reloads() -> Result<()>
     Ok(())
 }
 
+/// Rewrites `auth.token_cache_mib` (the first top-level block of the test's config) and reloads.
+async fn reload_with_budget(gw: &mut Gateway, mib: u64) -> Result<()> {
+    gw.update(|c| c.top_level[0] = format!("[auth]\ntoken_cache_mib = {mib}"))?;
+    gw.reload().await
+}
+
+/// The token is accepted on a first request and on a second, which a cache that keeps it answers.
+async fn twice_ok(gw: &Gateway, host: &str, token: &str) -> Result<()> {
+    for _ in 0..2 {
+        assert_eq!(
+            get(gw, host, "/", Some(token)).await?.status(),
+            StatusCode::OK
+        );
+    }
+    Ok(())
+}
+
 /// `portcullis_token_cache_entries` and `portcullis_token_cache_bytes` from the admin listener.
 async fn token_cache_usage(gw: &Gateway) -> Result<(u64, u64)> {
-    let text = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = gw.metrics().await?;
     let read = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())

@@ -484,6 +484,17 @@ impl Gateway {
         format!("http://127.0.0.1:{admin}{path}")
     }
 
+    /// The Prometheus exposition from the admin listener's `/metrics`.
+    pub(crate) async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// GET through the gateway with the shared client.
     pub(crate) async fn get(&self, host: &str, path: &str) -> Result<reqwest::Response> {
         Ok(self.client.get(self.url(host, path)).send().await?)

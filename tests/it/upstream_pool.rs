@@ -177,13 +177,7 @@ async fn response_headers_over_the_read_buffer_are_a_502_that_names_the_setting(
         )),
         "{line}"
     );
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = gw.metrics().await?;
     assert!(
         metrics.contains(
             r#"portcullis_upstream_errors_total{service="tight",kind="headers_too_large"} 1"#
