@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, AuthenticatorOptions};
 use crate::config::{ConfigError, Mode, Snapshot};
 use crate::metrics::{KindLabels, Metrics};
 
@@ -47,8 +47,10 @@ pub enum ReloadError {
 impl Shared {
     /// Shared state around an initial snapshot loaded from `config_path`.
     pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Self> {
-        let auth = Authenticator::new();
-        auth.set_token_cache_bytes(snapshot.auth.token_cache_bytes());
+        let auth = Authenticator::with_options(AuthenticatorOptions {
+            verified_cache_bytes: snapshot.auth.token_cache_bytes(),
+            ..AuthenticatorOptions::default()
+        });
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth,
