@@ -131,12 +131,19 @@ impl Verified {
     }
 }
 
-/// Heap bytes of a JSON object as serde_json holds it (a B-tree: nodes of up to 11 keys and values inline,
-/// about two thirds full once it has more than one node), plus what the keys and values own.
+/// Heap bytes of a JSON object as serde_json holds it (a B-tree: up to 11 keys and values fit in one node; a
+/// larger map has leaves about two thirds full under internal nodes), plus what the keys and values own.
 fn map_heap_bytes(m: &Map<String, Value>) -> usize {
     const NODE: usize = 11 * (std::mem::size_of::<String>() + std::mem::size_of::<Value>()) + 16;
-    let nodes = m.len().div_ceil(7).max(1);
-    nodes * allocation(NODE)
+    const INTERNAL: usize = NODE + 12 * std::mem::size_of::<usize>();
+    let nodes = match m.len() {
+        0..=11 => allocation(NODE),
+        n => {
+            let leaves = n.div_ceil(7);
+            leaves * allocation(NODE) + leaves.div_ceil(7) * allocation(INTERNAL)
+        }
+    };
+    nodes
         + m.iter()
             .map(|(k, v)| allocation(k.capacity()) + value_heap_bytes(v))
             .sum::<usize>()
