@@ -30,6 +30,11 @@ pub const ACME_ORDERS: &str = "portcullis_acme_orders";
 pub const TOKEN_CACHE_ENTRIES: &str = "portcullis_token_cache_entries";
 /// `portcullis_token_cache_bytes` (gauge): their estimated size, held under `auth.token_cache_mib`.
 pub const TOKEN_CACHE_BYTES: &str = "portcullis_token_cache_bytes";
+/// `portcullis_introspection_cache_entries` (gauge): introspection answers (opaque tokens) in their cache, read at
+/// each scrape.
+pub const INTROSPECTION_CACHE_ENTRIES: &str = "portcullis_introspection_cache_entries";
+/// `portcullis_introspection_cache_bytes` (gauge): their estimated size, held under `auth.introspection_cache_mib`.
+pub const INTROSPECTION_CACHE_BYTES: &str = "portcullis_introspection_cache_bytes";
 
 /// A service name as a label value; `-` for requests that matched no service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -103,6 +108,10 @@ pub struct Metrics {
     pub token_cache_entries: Gauge,
     /// See [`TOKEN_CACHE_BYTES`].
     pub token_cache_bytes: Gauge,
+    /// See [`INTROSPECTION_CACHE_ENTRIES`].
+    pub introspection_cache_entries: Gauge,
+    /// See [`INTROSPECTION_CACHE_BYTES`].
+    pub introspection_cache_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -134,6 +143,8 @@ impl Metrics {
         let acme_orders = Family::default();
         let token_cache_entries = Gauge::default();
         let token_cache_bytes = Gauge::default();
+        let introspection_cache_entries = Gauge::default();
+        let introspection_cache_bytes = Gauge::default();
         registry.register(
             HTTP_REQUESTS,
             "Requests by service and status class",
@@ -179,6 +190,16 @@ impl Metrics {
             "Estimated bytes of the verified-token cache (bounded by auth.token_cache_mib)",
             token_cache_bytes.clone(),
         );
+        registry.register(
+            INTROSPECTION_CACHE_ENTRIES,
+            "Introspection answers (opaque tokens) in their cache",
+            introspection_cache_entries.clone(),
+        );
+        registry.register(
+            INTROSPECTION_CACHE_BYTES,
+            "Estimated bytes of the introspection cache (bounded by auth.introspection_cache_mib)",
+            introspection_cache_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -190,6 +211,8 @@ impl Metrics {
             acme_orders,
             token_cache_entries,
             token_cache_bytes,
+            introspection_cache_entries,
+            introspection_cache_bytes,
         }
     }
 

@@ -49,6 +49,7 @@ impl Shared {
     pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Self> {
         let auth = Authenticator::with_options(AuthenticatorOptions {
             verified_cache_bytes: snapshot.auth.token_cache_bytes(),
+            introspection_cache_bytes: snapshot.auth.introspection_cache_bytes(),
             ..AuthenticatorOptions::default()
         });
         Arc::new(Self {
@@ -94,6 +95,8 @@ impl Shared {
                 }
                 self.auth
                     .set_token_cache_bytes(new.auth.token_cache_bytes());
+                self.auth
+                    .set_introspection_cache_bytes(new.auth.introspection_cache_bytes());
                 self.snapshot.store(Arc::clone(&new));
                 self.metrics
                     .reloads

@@ -59,8 +59,9 @@ pub struct AuthenticatorOptions {
     /// Bytes the verified-claims cache may hold until the configuration sets its own (`auth.token_cache_mib`,
     /// see [`Authenticator::set_token_cache_bytes`]); 0 disables it (default 16 MiB).
     pub verified_cache_bytes: u64,
-    /// Entries of the introspection cache (default 10 000).
-    pub introspection_cache_capacity: u64,
+    /// Bytes the introspection cache may hold (`auth.introspection_cache_mib`, changed on reload by
+    /// [`Authenticator::set_introspection_cache_bytes`]); 0 disables it (default 16 MiB).
+    pub introspection_cache_bytes: u64,
 }
 
 impl Default for AuthenticatorOptions {
@@ -68,7 +69,7 @@ impl Default for AuthenticatorOptions {
         Self {
             clock: Arc::new(SystemClock),
             verified_cache_bytes: super::settings::DEFAULT_TOKEN_CACHE_MIB << 20,
-            introspection_cache_capacity: 10_000,
+            introspection_cache_bytes: super::settings::DEFAULT_INTROSPECTION_CACHE_MIB << 20,
         }
     }
 }
@@ -84,8 +85,9 @@ pub(super) struct Inner {
     clock: Arc<dyn Clock>,
     keys: moka::future::Cache<String, Arc<KeySnapshot>>,
     /// Verified tokens by digest, bounded by their estimated size; replaced when its budget changes.
-    verified: ArcSwap<VerifiedCache>,
-    introspected: moka::future::Cache<[u8; 32], Arc<Introspected>>,
+    verified: ArcSwap<Budgeted<VerifiedCache>>,
+    /// Introspection answers by digest, bounded and replaced the same way.
+    introspected: ArcSwap<Budgeted<IntrospectedCache>>,
     /// Discovery documents of sign-in providers, by issuer URL.
     pub(super) providers: moka::future::Cache<String, Arc<super::oidc::Provider>>,
     /// The in-process session store (kept across reloads).
@@ -115,7 +117,7 @@ struct Verified {
 /// What one cache entry costs besides its claims and identity: the cache's own bookkeeping (the hash table
 /// slot, the access-order and expiry-timer nodes, the key), the `Verified` record and the identity memo's record.
 /// Fitted so that the estimate stays at or above the resident memory measured per entry (see the README's
-/// "Memory of the verified-token cache").
+/// "Memory of the token caches").
 const VERIFIED_ENTRY_OVERHEAD: usize = 384 + std::mem::size_of::<Verified>();
 
 impl Verified {
@@ -187,15 +189,18 @@ fn allocation(n: usize) -> usize {
     }
 }
 
-/// The verified-token cache and the budget it was built for.
-struct VerifiedCache {
+type VerifiedCache = moka::sync::Cache<[u8; 32], Arc<Verified>>;
+type IntrospectedCache = moka::future::Cache<[u8; 32], Arc<Introspected>>;
+
+/// A cache and the budget in bytes it was built for.
+struct Budgeted<C> {
     bytes: u64,
     /// `None` when the budget is 0.
-    cache: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
+    cache: Option<C>,
 }
 
-impl VerifiedCache {
-    fn new(bytes: u64) -> Self {
+impl Budgeted<VerifiedCache> {
+    fn verified(bytes: u64) -> Self {
         Self {
             bytes,
             cache: (bytes > 0).then(|| {
@@ -209,11 +214,68 @@ impl VerifiedCache {
     }
 }
 
+impl Budgeted<IntrospectedCache> {
+    fn introspected(bytes: u64) -> Self {
+        Self {
+            bytes,
+            cache: (bytes > 0).then(|| {
+                moka::future::Cache::builder()
+                    .max_capacity(bytes)
+                    .weigher(|_, v: &Arc<Introspected>| v.weight)
+                    .expire_after(IntrospectedExpiry)
+                    .build()
+            }),
+        }
+    }
+}
+
+/// Replaces the cache in `slot` with an empty one built for `bytes`, unless that is already its budget. Logs the
+/// change with the configuration key and how many entries were dropped.
+fn rebudget<C>(
+    slot: &ArcSwap<Budgeted<C>>,
+    bytes: u64,
+    build: fn(u64) -> Budgeted<C>,
+    entries: fn(&C) -> u64,
+    key: &'static str,
+) {
+    if slot.load().bytes == bytes {
+        return;
+    }
+    let old = slot.swap(Arc::new(build(bytes)));
+    tracing::info!(
+        config.key = key,
+        cache.bytes = bytes,
+        cache.dropped = old.cache.as_ref().map_or(0, entries),
+        "cache budget changed ({key}); the cache starts empty"
+    );
+}
+
 /// An introspection answer.
 struct Introspected {
     active: bool,
     claims: Arc<Map<String, Value>>,
     ttl: Duration,
+    /// Estimated bytes this entry keeps alive, for the cache's budget.
+    weight: u32,
+}
+
+/// What an introspection answer costs besides its claims (as [`VERIFIED_ENTRY_OVERHEAD`]: the cache's bookkeeping,
+/// the record and the claims' `Arc`).
+const INTROSPECTED_ENTRY_OVERHEAD: usize = 384 + std::mem::size_of::<Introspected>() + 16;
+
+impl Introspected {
+    /// The answer, weighed by the bytes it keeps alive plus 30% for the allocator's partly used pages: more than
+    /// a verified token's 15%, because the claims are parsed out of a response body whose buffers come and go
+    /// between them (measured in the README's "Memory of the token caches").
+    fn new(active: bool, claims: Map<String, Value>, ttl: Duration) -> Self {
+        let live = INTROSPECTED_ENTRY_OVERHEAD + map_heap_bytes(&claims);
+        Self {
+            active,
+            claims: Arc::new(claims),
+            ttl,
+            weight: u32::try_from(live.saturating_mul(13) / 10).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 struct VerifiedExpiry;
@@ -270,11 +332,10 @@ impl Authenticator {
                     .max_capacity(1024)
                     .time_to_idle(Duration::from_secs(7 * 24 * 3600))
                     .build(),
-                verified: ArcSwap::from_pointee(VerifiedCache::new(o.verified_cache_bytes)),
-                introspected: moka::future::Cache::builder()
-                    .max_capacity(o.introspection_cache_capacity)
-                    .expire_after(IntrospectedExpiry)
-                    .build(),
+                verified: ArcSwap::from_pointee(Budgeted::verified(o.verified_cache_bytes)),
+                introspected: ArcSwap::from_pointee(Budgeted::introspected(
+                    o.introspection_cache_bytes,
+                )),
                 providers: moka::future::Cache::builder()
                     .max_capacity(64)
                     .time_to_live(Duration::from_secs(3600))
@@ -297,17 +358,24 @@ impl Authenticator {
     /// Gives the verified-token cache a budget of `bytes` (`auth.token_cache_mib`; 0 turns it off). A new budget
     /// starts an empty cache: tokens seen before are verified once more on their next request.
     pub fn set_token_cache_bytes(&self, bytes: u64) {
-        if self.inner.verified.load().bytes == bytes {
-            return;
-        }
-        let old = self
-            .inner
-            .verified
-            .swap(Arc::new(VerifiedCache::new(bytes)));
-        tracing::info!(
-            auth.token_cache_bytes = bytes,
-            auth.token_cache_dropped = old.cache.as_ref().map_or(0, moka::sync::Cache::entry_count),
-            "verified-token cache budget changed (auth.token_cache_mib); it starts empty"
+        rebudget(
+            &self.inner.verified,
+            bytes,
+            Budgeted::verified,
+            VerifiedCache::entry_count,
+            "auth.token_cache_mib",
+        );
+    }
+
+    /// Gives the introspection cache a budget of `bytes` (`auth.introspection_cache_mib`; 0 turns it off). A new
+    /// budget starts an empty cache: opaque tokens are introspected once more on their next request.
+    pub fn set_introspection_cache_bytes(&self, bytes: u64) {
+        rebudget(
+            &self.inner.introspected,
+            bytes,
+            Budgeted::introspected,
+            IntrospectedCache::entry_count,
+            "auth.introspection_cache_mib",
         );
     }
 
@@ -316,6 +384,18 @@ impl Authenticator {
         match &self.inner.verified.load().cache {
             Some(c) => {
                 c.run_pending_tasks();
+                (c.entry_count(), c.weighted_size())
+            }
+            None => (0, 0),
+        }
+    }
+
+    /// Answers in the introspection cache and their estimated bytes (pending evictions applied first).
+    pub async fn introspection_cache_usage(&self) -> (u64, u64) {
+        let introspected = self.inner.introspected.load_full();
+        match &introspected.cache {
+            Some(c) => {
+                c.run_pending_tasks().await;
                 (c.entry_count(), c.weighted_size())
             }
             None => (0, 0),
@@ -708,6 +788,61 @@ impl Authenticator {
         (result.into_entry().map(|e| e.into_value()), error)
     }
 
+    /// One RFC 7662 introspection request for `token` at `issuer`, and its answer with the time it may be cached.
+    async fn fetch_introspection(
+        &self,
+        auth: &AuthSettings,
+        issuer: &Issuer,
+        cfg: &super::settings::Introspection,
+        token: &str,
+    ) -> Result<Arc<Introspected>, FetchError> {
+        let client = issuer.client.as_ref().unwrap_or(&self.inner.client);
+        let mut form = format!("token={}&token_type_hint=access_token", form_encode(token));
+        let mut req = Request::post(cfg.endpoint.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json");
+        match cfg.method {
+            ClientAuthMethod::Basic => {
+                // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
+                let cred = format!(
+                    "{}:{}",
+                    form_encode(&cfg.client_id),
+                    form_encode(cfg.secret.expose())
+                );
+                req = req.header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(cred)));
+            }
+            ClientAuthMethod::Post => {
+                form.push_str(&format!(
+                    "&client_id={}&client_secret={}",
+                    form_encode(&cfg.client_id),
+                    form_encode(cfg.secret.expose())
+                ));
+            }
+        }
+        let req = req
+            .body(Full::new(Bytes::from(form)))
+            .map_err(FetchError::BadRequest)?;
+        let (body, _) = client
+            .fetch(req, auth.jwks.fetch_timeout, auth.jwks.max_bytes)
+            .await?;
+        let claims: Map<String, Value> = serde_json::from_slice(&body).map_err(FetchError::Json)?;
+        let active = claims.get("active").and_then(Value::as_bool) == Some(true);
+        let now = self.now() as i64;
+        let bound = cfg.cache_bound.as_secs() as i64;
+        let ttl = match numeric_date(&claims, "exp") {
+            Some(Ok(exp)) if active => (exp - now).clamp(0, bound),
+            Some(_) | None => bound,
+        };
+        Ok(Arc::new(Introspected::new(
+            active,
+            claims,
+            Duration::from_secs(ttl as u64),
+        )))
+    }
+
     /// RFC 7662 introspection of an opaque token at each trusted issuer that has an endpoint.
     async fn introspect(
         &self,
@@ -722,64 +857,21 @@ impl Authenticator {
             };
             tried = true;
             let digest = sha256([&issuer.fingerprint[..], token.as_bytes()]);
-            let answer = self
-                .inner
-                .introspected
-                .try_get_with(digest, async {
-                    let client = issuer.client.as_ref().unwrap_or(&self.inner.client);
-                    let mut form =
-                        format!("token={}&token_type_hint=access_token", form_encode(token));
-                    let mut req = Request::post(cfg.endpoint.clone())
-                        .header(
-                            http::header::CONTENT_TYPE,
-                            "application/x-www-form-urlencoded",
-                        )
-                        .header(http::header::ACCEPT, "application/json");
-                    match cfg.method {
-                        ClientAuthMethod::Basic => {
-                            // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
-                            let cred = format!(
-                                "{}:{}",
-                                form_encode(&cfg.client_id),
-                                form_encode(cfg.secret.expose())
-                            );
-                            req = req
-                                .header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(cred)));
-                        }
-                        ClientAuthMethod::Post => {
-                            form.push_str(&format!(
-                                "&client_id={}&client_secret={}",
-                                form_encode(&cfg.client_id),
-                                form_encode(cfg.secret.expose())
-                            ));
-                        }
-                    }
-                    let req = req
-                        .body(Full::new(Bytes::from(form)))
-                        .map_err(FetchError::BadRequest)?;
-                    let (body, _) = client
-                        .fetch(req, auth.jwks.fetch_timeout, auth.jwks.max_bytes)
-                        .await?;
-                    let claims: Map<String, Value> =
-                        serde_json::from_slice(&body).map_err(FetchError::Json)?;
-                    let active = claims.get("active").and_then(Value::as_bool) == Some(true);
-                    let now = self.now() as i64;
-                    let bound = cfg.cache_bound.as_secs() as i64;
-                    let ttl = match numeric_date(&claims, "exp") {
-                        Some(Ok(exp)) if active => (exp - now).clamp(0, bound),
-                        Some(_) | None => bound,
-                    };
-                    Ok::<_, FetchError>(Arc::new(Introspected {
-                        active,
-                        claims: Arc::new(claims),
-                        ttl: Duration::from_secs(ttl as u64),
-                    }))
-                })
-                .await
-                .map_err(|e| AuthError::IssuerUnavailable {
-                    issuer: issuer.url.clone(),
-                    source: FetchError::Shared(e),
-                })?;
+            let fetch = self.fetch_introspection(auth, issuer, cfg, token);
+            let introspected = self.inner.introspected.load_full();
+            // Concurrent requests with one token share one introspection (`try_get_with`); without a cache, each
+            // asks.
+            let answer = match &introspected.cache {
+                Some(c) => c
+                    .try_get_with(digest, fetch)
+                    .await
+                    .map_err(FetchError::Shared),
+                None => fetch.await,
+            }
+            .map_err(|source| AuthError::IssuerUnavailable {
+                issuer: issuer.url.clone(),
+                source,
+            })?;
             if !answer.active {
                 continue;
             }
@@ -1013,17 +1105,8 @@ mod weight_tests {
 
     #[test]
     fn an_entry_weighs_its_claims_and_identity() {
-        let claims = |groups: usize| -> Map<String, Value> {
-            let groups: Vec<String> = (0..groups)
-                .map(|g| format!("team-{g:04}-members"))
-                .collect();
-            serde_json::from_value(serde_json::json!({
-                "iss": "i", "sub": "user-1", "preferred_username": "ann", "groups": groups, "exp": 1
-            }))
-            .unwrap()
-        };
         let weigh = |groups: usize| {
-            let c = Arc::new(claims(groups));
+            let c = Arc::new(claims_with_groups(groups));
             let id = Identity {
                 subject: "user-1".into(),
                 user: "ann".into(),
@@ -1046,5 +1129,32 @@ mod weight_tests {
             (100..160).contains(&per_group),
             "{per_group} bytes per group"
         );
+    }
+
+    #[test]
+    fn an_introspection_answer_weighs_its_claims() {
+        let weigh = |groups: usize| {
+            let answer = Introspected::new(true, claims_with_groups(groups), Duration::ZERO);
+            u64::from(answer.weight)
+        };
+        let (small, large) = (weigh(0), weigh(60));
+        assert!((600..1_500).contains(&small), "{small}");
+        // Each group: its `Value` in the array and its string (no identity is kept beside an answer).
+        let per_group = (large - small) / 60;
+        assert!(
+            (50..100).contains(&per_group),
+            "{per_group} bytes per group"
+        );
+    }
+
+    /// Claims like an issuer's, with `groups` groups.
+    fn claims_with_groups(groups: usize) -> Map<String, Value> {
+        let groups: Vec<String> = (0..groups)
+            .map(|g| format!("team-{g:04}-members"))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "iss": "i", "sub": "user-1", "preferred_username": "ann", "groups": groups, "exp": 1
+        }))
+        .unwrap()
     }
 }

@@ -40,7 +40,9 @@ pub(crate) const DEFAULT_INTROSPECTION_CACHE_SECS: u64 = 60;
 
 /// Default of `auth.token_cache_mib`.
 pub(crate) const DEFAULT_TOKEN_CACHE_MIB: u64 = 16;
-/// Largest accepted `auth.token_cache_mib`.
+/// Default of `auth.introspection_cache_mib`.
+pub(crate) const DEFAULT_INTROSPECTION_CACHE_MIB: u64 = 16;
+/// Largest accepted `auth.token_cache_mib` and `auth.introspection_cache_mib`.
 pub(crate) const MAX_TOKEN_CACHE_MIB: u64 = 4096;
 
 /// Runtime auth settings built from `[auth]` at config load (part of the immutable config snapshot).
@@ -52,6 +54,8 @@ pub struct AuthSettings {
     pub(crate) oidc: Option<Arc<super::oidc::OidcSettings>>,
     /// `auth.token_cache_mib` in bytes: what the verified-token cache may hold (0: no cache).
     pub(crate) token_cache_bytes: u64,
+    /// `auth.introspection_cache_mib` in bytes: what the cache of introspection answers may hold (0: no cache).
+    pub(crate) introspection_cache_bytes: u64,
 }
 
 impl Default for AuthSettings {
@@ -61,6 +65,7 @@ impl Default for AuthSettings {
             jwks: JwksTuning::default(),
             oidc: None,
             token_cache_bytes: DEFAULT_TOKEN_CACHE_MIB << 20,
+            introspection_cache_bytes: DEFAULT_INTROSPECTION_CACHE_MIB << 20,
         }
     }
 }
@@ -89,6 +94,11 @@ impl AuthSettings {
     /// The verified-token cache's budget in bytes (`auth.token_cache_mib`; 0: no cache).
     pub fn token_cache_bytes(&self) -> u64 {
         self.token_cache_bytes
+    }
+
+    /// The introspection cache's budget in bytes (`auth.introspection_cache_mib`; 0: no cache).
+    pub fn introspection_cache_bytes(&self) -> u64 {
+        self.introspection_cache_bytes
     }
 
     /// The issuer with this name or `iss` URL.
@@ -257,22 +267,40 @@ pub fn build_auth(file: &FileAuth, base_dir: &Path, problems: &mut Problems) -> 
             issuers.push(Arc::new(issuer));
         }
     }
-    let mib = file.token_cache_mib.unwrap_or(DEFAULT_TOKEN_CACHE_MIB);
-    let token_cache_bytes = if mib > MAX_TOKEN_CACHE_MIB {
-        problems.invalid(
-            "auth.token_cache_mib",
-            mib.to_string(),
-            format!("must be at most {MAX_TOKEN_CACHE_MIB} (0 turns the cache off)"),
-        );
-        DEFAULT_TOKEN_CACHE_MIB << 20
-    } else {
-        mib << 20
-    };
+    let token_cache_bytes = cache_budget(
+        "auth.token_cache_mib",
+        file.token_cache_mib,
+        DEFAULT_TOKEN_CACHE_MIB,
+        problems,
+    );
+    let introspection_cache_bytes = cache_budget(
+        "auth.introspection_cache_mib",
+        file.introspection_cache_mib,
+        DEFAULT_INTROSPECTION_CACHE_MIB,
+        problems,
+    );
     AuthSettings {
         issuers,
         jwks,
         oidc: None,
         token_cache_bytes,
+        introspection_cache_bytes,
+    }
+}
+
+/// A cache's memory budget in bytes from its `*_mib` key: the default when unset, a problem naming the key when
+/// it is over [`MAX_TOKEN_CACHE_MIB`].
+fn cache_budget(key: &str, mib: Option<u64>, default: u64, problems: &mut Problems) -> u64 {
+    let mib = mib.unwrap_or(default);
+    if mib > MAX_TOKEN_CACHE_MIB {
+        problems.invalid(
+            key,
+            mib.to_string(),
+            format!("must be at most {MAX_TOKEN_CACHE_MIB} (0 turns the cache off)"),
+        );
+        default << 20
+    } else {
+        mib << 20
     }
 }
 

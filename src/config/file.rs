@@ -224,6 +224,8 @@ pub struct FileAuth {
     pub jwks: FileJwks,
     /// Memory budget of the verified-token cache, in MiB (0 disables it).
     pub token_cache_mib: Option<u64>,
+    /// Memory budget of the cache of introspection answers (opaque tokens), in MiB (0 disables it).
+    pub introspection_cache_mib: Option<u64>,
 }
 
 /// `[[auth.issuers]]`.

@@ -42,6 +42,12 @@ pub(crate) async fn handle(
             let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             shared.metrics.token_cache_entries.set(gauge(entries));
             shared.metrics.token_cache_bytes.set(gauge(bytes));
+            let (entries, bytes) = shared.auth.introspection_cache_usage().await;
+            shared
+                .metrics
+                .introspection_cache_entries
+                .set(gauge(entries));
+            shared.metrics.introspection_cache_bytes.set(gauge(bytes));
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

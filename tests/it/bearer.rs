@@ -838,7 +838,7 @@ async fn token_cache_stays_within_its_budget_and_follows_reloads() -> Result<()>
             StatusCode::OK
         );
     }
-    let (entries, bytes) = token_cache_usage(&gw).await?;
+    let (entries, bytes) = cache_usage(&gw, TOKEN_CACHE).await?;
     assert!(
         bytes <= 1 << 20,
         "over budget: {entries} tokens, {bytes} bytes"
@@ -853,17 +853,17 @@ async fn token_cache_stays_within_its_budget_and_follows_reloads() -> Result<()>
         "{entries} tokens, {bytes} bytes"
     );
 
-    reload_with_budget(&mut gw, 0).await?;
+    reload_with_budget(&mut gw, "token_cache_mib", 0).await?;
     twice_ok(&gw, host, &token(1)).await?;
     assert_eq!(
-        token_cache_usage(&gw).await?,
+        cache_usage(&gw, TOKEN_CACHE).await?,
         (0, 0),
         "token_cache_mib = 0 keeps no token"
     );
 
-    reload_with_budget(&mut gw, 2).await?;
+    reload_with_budget(&mut gw, "token_cache_mib", 2).await?;
     twice_ok(&gw, host, &token(1)).await?;
-    let (entries, bytes) = token_cache_usage(&gw).await?;
+    let (entries, bytes) = cache_usage(&gw, TOKEN_CACHE).await?;
     assert_eq!(
         entries, 1,
         "a new budget starts an empty cache; {bytes} bytes"
@@ -871,9 +871,81 @@ async fn token_cache_stays_within_its_budget_and_follows_reloads() -> Result<()>
     Ok(())
 }
 
-/// Rewrites `auth.token_cache_mib` (the first top-level block of the test's config) and reloads.
-async fn reload_with_budget(gw: &mut Gateway, mib: u64) -> Result<()> {
-    gw.update(|c| c.top_level[0] = format!("[auth]\ntoken_cache_mib = {mib}"))?;
+/// The introspection cache holds what `auth.introspection_cache_mib` allows, by the estimated size of each
+/// answer, and a reload that changes the budget takes effect: 0 introspects every request, a new budget starts
+/// empty.
+#[tokio::test]
+async fn introspection_cache_stays_within_its_budget_and_follows_reloads() -> Result<()> {
+    let echo = Echo::start().await?;
+    let rsa = rsa_key(0, "rsa-1");
+    let idp = Idp::start(jwks(&[&rsa])).await?;
+    let issuer = format!(
+        "[[auth.issuers]]\nname = \"zitadel\"\nissuer = {base:?}\nintrospection_endpoint = \"{base}/introspect\"\nclient_id = {INTROSPECTION_CLIENT:?}\nclient_secret = {INTROSPECTION_SECRET:?}\n",
+        base = idp.base
+    );
+    let mut gw = TestGateway::new()
+        .top_level("[auth]\nintrospection_cache_mib = 1")
+        .top_level(&issuer)
+        .service("app", &protected(&echo.url(), ""))
+        .spawn()
+        .await?;
+    let host = "app.example.test";
+    // 120 groups make each answer about 9 KiB, so 1 MiB holds about a hundred of the 300 tokens.
+    let groups: Vec<String> = (0..120).map(|g| format!("team-{g:04}-members")).collect();
+    let token = |n: usize| format!("opaque-{n}");
+    for n in 0..300 {
+        idp.add_opaque(
+            &token(n),
+            json!({"active": true, "iss": idp.base, "sub": format!("u-{n}"), "groups": groups, "exp": now() + 600}),
+        );
+    }
+    for n in 0..300 {
+        assert_eq!(
+            get(&gw, host, "/", Some(&token(n))).await?.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(idp.introspect_hits(), 300);
+    let (entries, bytes) = cache_usage(&gw, INTROSPECTION_CACHE).await?;
+    assert!(
+        bytes <= 1 << 20,
+        "over budget: {entries} answers, {bytes} bytes"
+    );
+    // Guards the weighing: counted by entries, all 300 would stay and their "bytes" would be 300.
+    assert!(
+        bytes > 1 << 19,
+        "the budget was not used: {entries} answers, {bytes} bytes"
+    );
+    assert!(
+        (50..300).contains(&entries),
+        "{entries} answers, {bytes} bytes"
+    );
+
+    reload_with_budget(&mut gw, "introspection_cache_mib", 0).await?;
+    let hits = idp.introspect_hits();
+    twice_ok(&gw, host, &token(1)).await?;
+    assert_eq!(
+        idp.introspect_hits(),
+        hits + 2,
+        "introspection_cache_mib = 0 asks the issuer on every request"
+    );
+    assert_eq!(cache_usage(&gw, INTROSPECTION_CACHE).await?, (0, 0));
+
+    reload_with_budget(&mut gw, "introspection_cache_mib", 2).await?;
+    let hits = idp.introspect_hits();
+    twice_ok(&gw, host, &token(1)).await?;
+    assert_eq!(
+        idp.introspect_hits(),
+        hits + 1,
+        "a new budget starts an empty cache, which keeps the answer"
+    );
+    assert_eq!(cache_usage(&gw, INTROSPECTION_CACHE).await?.0, 1);
+    Ok(())
+}
+
+/// Rewrites `[auth] <key>` (the first top-level block of the test's config) and reloads.
+async fn reload_with_budget(gw: &mut Gateway, key: &str, mib: u64) -> Result<()> {
+    gw.update(|c| c.top_level[0] = format!("[auth]\n{key} = {mib}"))?;
     gw.reload().await
 }
 
@@ -888,8 +960,13 @@ async fn twice_ok(gw: &Gateway, host: &str, token: &str) -> Result<()> {
     Ok(())
 }
 
-/// `portcullis_token_cache_entries` and `portcullis_token_cache_bytes` from the admin listener.
-async fn token_cache_usage(gw: &Gateway) -> Result<(u64, u64)> {
+/// Metric prefix of the verified-token cache.
+const TOKEN_CACHE: &str = "portcullis_token_cache";
+/// Metric prefix of the introspection cache.
+const INTROSPECTION_CACHE: &str = "portcullis_introspection_cache";
+
+/// `<prefix>_entries` and `<prefix>_bytes` from the admin listener.
+async fn cache_usage(gw: &Gateway, prefix: &str) -> Result<(u64, u64)> {
     let text = gw.metrics().await?;
     let read = |name: &str| {
         text.lines()
@@ -897,7 +974,7 @@ async fn token_cache_usage(gw: &Gateway) -> Result<(u64, u64)> {
             .ok_or_else(|| anyhow::anyhow!("no {name} in\n{text}"))
     };
     Ok((
-        read("portcullis_token_cache_entries")?,
-        read("portcullis_token_cache_bytes")?,
+        read(&format!("{prefix}_entries"))?,
+        read(&format!("{prefix}_bytes"))?,
     ))
 }

@@ -252,23 +252,32 @@ fn bad_response_request_id() {
 
 #[test]
 fn token_cache_budget() {
+    cache_budget_key("token_cache_mib", |a| a.token_cache_bytes());
+}
+
+#[test]
+fn introspection_cache_budget() {
+    cache_budget_key("introspection_cache_mib", |a| a.introspection_cache_bytes());
+}
+
+/// `[auth] <key>` is a budget in MiB: 16 by default, 0 turns the cache off, over 4096 or negative is a problem
+/// naming the key.
+fn cache_budget_key(key: &str, bytes: fn(&portcullis::auth::AuthSettings) -> u64) {
     let snap = Case::new().load(&with_services(WEB)).expect("valid");
-    assert_eq!(
-        snap.auth.token_cache_bytes(),
-        16 << 20,
-        "the default budget"
-    );
-    let with = |mib: &str| format!("[auth]\ntoken_cache_mib = {mib}\n\n{WEB}");
+    assert_eq!(bytes(&snap.auth), 16 << 20, "the default budget of {key}");
+    let with = |mib: &str| format!("[auth]\n{key} = {mib}\n\n{WEB}");
     let snap = Case::new()
         .load(&with_services(&with("0")))
         .expect("0 turns it off");
-    assert_eq!(snap.auth.token_cache_bytes(), 0);
+    assert_eq!(bytes(&snap.auth), 0);
+    let snap = Case::new().load(&with_services(&with("3"))).expect("3 MiB");
+    assert_eq!(bytes(&snap.auth), 3 << 20);
     let err = Case::new().errors(&with_services(&with("5000")));
-    let p = problem(&err, "auth.token_cache_mib", "at most 4096");
+    let p = problem(&err, &format!("auth.{key}"), "at most 4096");
     assert!(p.to_string().contains("5000"), "{p}");
     assert_eq!(err.problems.len(), 1, "{err}");
     let err = Case::new().errors(&with_services(&with("-1")));
-    assert!(err.to_string().contains("token_cache_mib"), "{err}");
+    assert!(err.to_string().contains(key), "{err}");
 }
 
 #[test]
