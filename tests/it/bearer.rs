@@ -700,10 +700,7 @@ async fn opaque_tokens_are_validated_by_introspection() -> Result<()> {
     let echo = Echo::start().await?;
     let rsa = rsa_key(0, "rsa-1");
     let idp = Idp::start(jwks(&[&rsa])).await?;
-    let issuer = format!(
-        "[[auth.issuers]]\nname = \"zitadel\"\nissuer = {base:?}\nintrospection_endpoint = \"{base}/introspect\"\nclient_id = {INTROSPECTION_CLIENT:?}\nclient_secret = {INTROSPECTION_SECRET:?}\n",
-        base = idp.base
-    );
+    let issuer = introspection_issuer(&idp);
     let gw = TestGateway::new()
         .top_level(&issuer)
         .service(
@@ -879,10 +876,7 @@ async fn introspection_cache_stays_within_its_budget_and_follows_reloads() -> Re
     let echo = Echo::start().await?;
     let rsa = rsa_key(0, "rsa-1");
     let idp = Idp::start(jwks(&[&rsa])).await?;
-    let issuer = format!(
-        "[[auth.issuers]]\nname = \"zitadel\"\nissuer = {base:?}\nintrospection_endpoint = \"{base}/introspect\"\nclient_id = {INTROSPECTION_CLIENT:?}\nclient_secret = {INTROSPECTION_SECRET:?}\n",
-        base = idp.base
-    );
+    let issuer = introspection_issuer(&idp);
     let mut gw = TestGateway::new()
         .top_level("[auth]\nintrospection_cache_mib = 1")
         .top_level(&issuer)
@@ -941,6 +935,61 @@ async fn introspection_cache_stays_within_its_budget_and_follows_reloads() -> Re
     );
     assert_eq!(cache_usage(&gw, INTROSPECTION_CACHE).await?.0, 1);
     Ok(())
+}
+
+/// Concurrent requests with one opaque token the cache has not seen share one introspection; with
+/// `introspection_cache_mib = 0` each request asks the issuer.
+#[tokio::test]
+async fn concurrent_requests_with_one_opaque_token_share_one_introspection() -> Result<()> {
+    let echo = Echo::start().await?;
+    let idp = Idp::start(jwks(&[])).await?;
+    let mut gw = TestGateway::new()
+        .top_level("[auth]\nintrospection_cache_mib = 16")
+        .top_level(&introspection_issuer(&idp))
+        .service("app", &protected(&echo.url(), ""))
+        .spawn()
+        .await?;
+    let host = "app.example.test";
+    for token in ["opaque-shared", "opaque-uncached"] {
+        idp.add_opaque(
+            token,
+            json!({"active": true, "iss": idp.base, "sub": "u-1", "exp": now() + 600}),
+        );
+    }
+    // Long enough that all eight requests arrive while the first introspection is still waiting.
+    idp.set_introspect_delay(std::time::Duration::from_millis(500));
+    all_ok(&gw, host, &["opaque-shared"; 8]).await?;
+    assert_eq!(
+        idp.introspect_hits(),
+        1,
+        "eight requests, one introspection"
+    );
+
+    reload_with_budget(&mut gw, "introspection_cache_mib", 0).await?;
+    all_ok(&gw, host, &["opaque-uncached"; 8]).await?;
+    assert_eq!(
+        idp.introspect_hits(),
+        9,
+        "without a cache each request asks"
+    );
+    Ok(())
+}
+
+/// One request per token, all at once; each must be accepted.
+async fn all_ok(gw: &Gateway, host: &str, tokens: &[&str]) -> Result<()> {
+    let requests = tokens.iter().map(|t| get(gw, host, "/", Some(t)));
+    for resp in futures_util::future::join_all(requests).await {
+        assert_eq!(resp?.status(), StatusCode::OK);
+    }
+    Ok(())
+}
+
+/// An issuer for opaque tokens, introspected at the stand-in `idp`.
+fn introspection_issuer(idp: &Idp) -> String {
+    format!(
+        "[[auth.issuers]]\nname = \"zitadel\"\nissuer = {base:?}\nintrospection_endpoint = \"{base}/introspect\"\nclient_id = {INTROSPECTION_CLIENT:?}\nclient_secret = {INTROSPECTION_SECRET:?}\n",
+        base = idp.base
+    )
 }
 
 /// Rewrites `[auth] <key>` (the first top-level block of the test's config) and reloads.

@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -169,6 +169,8 @@ pub(crate) struct Idp {
     jwks_hits: AtomicUsize,
     discovery_hits: AtomicUsize,
     introspect_hits: AtomicUsize,
+    /// Milliseconds each introspection answer waits before it is sent.
+    introspect_delay_ms: AtomicU64,
     /// Opaque token -> introspection answer; unknown tokens are inactive.
     opaque: Mutex<HashMap<String, Value>>,
 }
@@ -184,6 +186,7 @@ impl Idp {
             jwks_hits: AtomicUsize::new(0),
             discovery_hits: AtomicUsize::new(0),
             introspect_hits: AtomicUsize::new(0),
+            introspect_delay_ms: AtomicU64::new(0),
             opaque: Mutex::new(HashMap::new()),
         });
         let state = Arc::clone(&idp);
@@ -219,6 +222,12 @@ impl Idp {
             .lock()
             .expect("opaque lock")
             .insert(token.to_owned(), answer);
+    }
+
+    /// Makes each introspection answer wait `delay` (so concurrent requests overlap).
+    pub(crate) fn set_introspect_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.introspect_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// JWKS documents served so far.
@@ -265,6 +274,8 @@ impl Idp {
             }
             "/introspect" => {
                 self.introspect_hits.fetch_add(1, Ordering::SeqCst);
+                let delay = self.introspect_delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
                 let expected = format!(
                     "Basic {}",
                     STANDARD.encode(format!("{INTROSPECTION_CLIENT}:{INTROSPECTION_SECRET}"))
