@@ -10,7 +10,9 @@
 #   WARMUP=2
 #   CONNECTIONS=32
 #   TARGETS="origin portcullis nginx nginx+auth_request haproxy caddy"   subset to run
-#   SCENARIOS="small 64k jwt-hit jwt-miss forward-auth session"          subset to run
+#   SCENARIOS="small 64k paced jwt-hit jwt-miss forward-auth session"    subset to run
+#   PACED_RPS=20000    the rate of the "paced" scenario (bypass route, h2load at a fixed rate for both protocols,
+#                      below every proxy's capacity here but Caddy's: latency without the load core's queue)
 #   ALGS="rs256 es256 hs256"                                             JWT variants
 #   MISS_TOKENS=40000  distinct tokens per algorithm for the cache-miss scenarios
 #   PROXY_CPU=1 LOAD_CPU=0   cores for the proxy and for the load generator and origin
@@ -36,7 +38,8 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
 TARGETS="${TARGETS:-origin portcullis-base portcullis nginx nginx+auth_request haproxy caddy}"
-SCENARIOS="${SCENARIOS:-small 64k jwt-hit jwt-miss forward-auth session}"
+SCENARIOS="${SCENARIOS:-small 64k paced jwt-hit jwt-miss forward-auth session}"
+PACED_RPS="${PACED_RPS:-20000}"
 ALGS="${ALGS:-rs256 es256 hs256}"
 MISS_TOKENS="${MISS_TOKENS:-40000}"
 PROXY_CPU="${PROXY_CPU:-1}"
@@ -241,10 +244,11 @@ memory() {
     echo "$rss $pss"
 }
 
-# measure TARGET SCENARIO PROTO PID URL [HEADER] [TOKENS_FILE]
-# Runs a warm-up, then the measured run; samples memory half-way; appends a line to $RESULTS.
+# measure TARGET SCENARIO PROTO PID URL [HEADER] [TOKENS_FILE] [METRICS_URL]
+# Runs a warm-up, then the measured run; samples memory half-way; appends a line to $RESULTS. With METRICS_URL
+# (Portcullis's admin /metrics), the line also records the tokens its verified-token cache holds after the run.
 measure() {
-    local target="$1" scenario="$2" proto="$3" pid="$4" url="$5" header="${6:-}" tokens="${7:-}"
+    local target="$1" scenario="$2" proto="$3" pid="$4" url="$5" header="${6:-}" tokens="${7:-}" metrics="${8:-}"
     local host authority path scheme port hdr=() out idle load t0 t1 u0 u1 o0 o1 reqs dur p50 p99 errors
     scheme="${url%%://*}"
     authority="${url#*://}"
@@ -258,18 +262,22 @@ measure() {
         [[ -n "$h" ]] && hdr+=(-H "$h")
     done <<<"$header"
     idle="$(memory "$pid")"
-    local h2log="$TMP/h2load.log"
+    local h2log="$TMP/h2load.log" tool=wrk paced=()
+    # wrk cannot hold a rate: the paced scenario uses h2load over HTTP/1.1 too, each connection at its share.
+    [[ "$proto" == h2 || "$scenario" == paced ]] && tool=h2load
+    [[ "$scenario" == paced ]] && paced=(--rps="$((PACED_RPS / CONNECTIONS))")
+    [[ "$scenario" == paced && "$proto" == h1 ]] && paced+=(--h1)
     # Runs the load generator, then prints its CPU ticks (this subshell's reaped children) as LOADGEN_TICKS.
     run_one() {
         local secs="$1"
-        if [[ "$proto" == h1 ]]; then
+        if [[ "$tool" == wrk ]]; then
             # wrk connects to the URL's address: 127.0.0.1, with the service's name in Host.
             TOKENS_FILE="$tokens" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency \
                 -s "$HERE/report.lua" -H "Host: $host" "${hdr[@]}" "$scheme://127.0.0.1:$port$path"
         else
             rm -f "$h2log"
             taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNECTIONS" -m1 -D"$secs" --connect-to="127.0.0.1:$port" \
-                --log-file="$h2log" "${hdr[@]}" "$url"
+                "${paced[@]}" --log-file="$h2log" "${hdr[@]}" "$url"
         fi
         local me=$BASHPID
         echo "LOADGEN_TICKS=$(sed 's/^.*) //' "/proc/$me/stat" | awk '{print $14 + $15}')"
@@ -304,7 +312,11 @@ measure() {
         wait "$perf_pid" 2>/dev/null || note "perf record failed: $(cat "$TMP/perf.log")"
     fi
     load="$(cat "$TMP/load-mem" 2>/dev/null || echo '0 0')"
-    if [[ "$proto" == h2 && -s "$h2log" ]]; then
+    local cached=""
+    if [[ -n "$metrics" ]]; then
+        cached="$(curl -sf "$metrics" | awk '$1 == "portcullis_token_cache_entries" {print $2}' || true)"
+    fi
+    if [[ "$tool" == h2load && -s "$h2log" ]]; then
         out="$out
 $(python3 - "$h2log" <<'PY'
 import sys
@@ -333,7 +345,7 @@ PY
     reqs="$(kv requests)"
     p50="$(kv p50_us)"
     p99="$(kv p99_us)"
-    if [[ "$proto" == h1 ]]; then
+    if [[ "$tool" == wrk ]]; then
         dur="$(kv duration_us)"
         errors=$(($(kv errors_connect) + $(kv errors_read) + $(kv errors_write) + $(kv errors_status) + $(kv errors_timeout)))
     else
@@ -358,11 +370,12 @@ PY
     if [[ "${other:-0}" -gt 10 ]]; then
         note "$target $scenario $proto: disturbed, other processes used ${other}% of a core during the run; repeat it"
     fi
-    # The last two fields: the load generator's and the origin's CPU ticks (the load side, on the other core).
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
+    # Then the load generator's and the origin's CPU ticks (the load side, on the other core), and the tokens
+    # cached after the run (empty without METRICS_URL).
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$scenario" "$proto" \
         "$reqs" "$dur" "$p50" "$p99" "$((t1 - t0))" "$CLK_TCK" "$idle" "$load" "${errors:-0}" \
         "$(busy_pct "$pc0" "$pc1")" "$(busy_pct "$lc0" "$lc1")" "${other:-0}" "${tokens:+$(wc -l <"$tokens")}" \
-        "$((u1 - u0))" "${gen:-0}" "$((o1 - o0))" |
+        "$((u1 - u0))" "${gen:-0}" "$((o1 - o0))" "$cached" |
         sed 's/ /\t/g' >>"$RESULTS"
     say "$(printf '  %-20s %-14s %-3s %8s req/s  p50 %6s us  p99 %6s us  busy: proxy core %s%%, load core %s%%, other %s%%' \
         "$target" "$scenario" "$proto" "$(awk -v r="$reqs" -v d="$dur" 'BEGIN {printf "%.0f", r / (d / 1e6)}')" \
@@ -387,7 +400,7 @@ answers() {
 bypass_scenarios() {
     local target="$1" pid="$2" port="$3" base="${4:-}" protos="h1 h2"
     local scenario path
-    for scenario in small 64k; do
+    for scenario in small 64k paced; do
         want "$SCENARIOS" "$scenario" || continue
         path=/small
         [[ "$scenario" == 64k ]] && path=/bytes/65536
@@ -497,7 +510,7 @@ EOF
             if want "$SCENARIOS" jwt-miss; then
                 # h2load cannot vary a header per request: HTTP/1.1 only.
                 measure "$name" "jwt-$alg-miss" h1 "$PID" "https://api.bench.test:$PORT/small" "" \
-                    "$TOK/tokens-$alg.txt"
+                    "$TOK/tokens-$alg.txt" "http://127.0.0.1:$ADMIN/metrics"
             fi
         done
         if want "$SCENARIOS" forward-auth; then
@@ -717,4 +730,4 @@ stop "$ORIGIN_PID"
 mkdir -p "$(dirname "$OUT")"
 python3 "$HERE/report.py" "$RESULTS" "$NOTES" "$OUT" "$ROOT" \
     "duration=$DURATION" "warmup=$WARMUP" "connections=$CONNECTIONS" "miss_tokens=$MISS_TOKENS" \
-    "proxy_cpu=$PROXY_CPU" "load_cpu=$LOAD_CPU" "binary=$PORTCULLIS_BIN"
+    "proxy_cpu=$PROXY_CPU" "load_cpu=$LOAD_CPU" "binary=$PORTCULLIS_BIN" "paced_rps=$PACED_RPS"

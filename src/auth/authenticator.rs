@@ -138,14 +138,14 @@ impl Verified {
 fn map_heap_bytes(m: &Map<String, Value>) -> usize {
     const NODE: usize = 11 * (std::mem::size_of::<String>() + std::mem::size_of::<Value>()) + 16;
     const INTERNAL: usize = NODE + 12 * std::mem::size_of::<usize>();
-    let nodes = match m.len() {
+    let node_bytes = match m.len() {
         0..=11 => allocation(NODE),
         n => {
             let leaves = n.div_ceil(7);
             leaves * allocation(NODE) + leaves.div_ceil(7) * allocation(INTERNAL)
         }
     };
-    nodes
+    node_bytes
         + m.iter()
             .map(|(k, v)| allocation(k.capacity()) + value_heap_bytes(v))
             .sum::<usize>()
