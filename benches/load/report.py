@@ -57,7 +57,8 @@ def machine(root):
 
 
 def base_scenario(s):
-    return "64k" if s == "64k" else "small"
+    """The scenario whose origin and nginx rows a row's ratios are taken against."""
+    return s if s in ("64k", "paced") else "small"
 
 
 def merge_rounds(rows):
