@@ -144,6 +144,14 @@ pub(crate) struct Ctx {
     pub(crate) https_port: u16,
 }
 
+/// How long after the idle check would have closed it a quiet HTTP/2 connection is first pinged.
+const KEEP_ALIVE_AFTER_IDLE: Duration = Duration::from_secs(10);
+
+/// How often a connection checks whether it has been quiet for the idle timeout: it closes at most this long late.
+fn idle_check_every(idle: Duration) -> Duration {
+    (idle / 4).max(Duration::from_millis(250))
+}
+
 fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let snap = shared.snapshot.load();
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -153,7 +161,12 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
+        // Pings find a dead peer on a connection with streams still open. They start only once the idle check
+        // has had its chance: hyper pings idle connections too, and the peer's answers would count as traffic, so
+        // an idle HTTP/2 client would never be closed (`server.timeouts.idle_secs`).
+        .keep_alive_interval(Some(
+            snap.timeouts.idle + idle_check_every(snap.timeouts.idle) + KEEP_ALIVE_AFTER_IDLE,
+        ))
         .max_concurrent_streams(256)
         // Large uploads: the 64 KiB default window would cap a stream at one window per round trip.
         .adaptive_window(true)
@@ -288,7 +301,7 @@ where
     let builder = builder(&ctx.shared);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let check_every = (idle / 4).max(Duration::from_millis(250));
+    let check_every = idle_check_every(idle);
     let mut draining = false;
     loop {
         tokio::select! {

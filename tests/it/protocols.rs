@@ -151,6 +151,99 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Frame>
     })
 }
 
+/// A raw HTTP/2 connection to `host`: TLS with ALPN h2, the client preface and an empty SETTINGS frame.
+async fn h2_open(
+    gw: &Gateway,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut tls = gw.tls_connect_alpn(host, b"h2").await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    write_frame(&mut tls, 0x4, 0, 0, &[]).await?; // SETTINGS, all defaults
+    Ok(tls)
+}
+
+/// Sends `GET path` to `host` on `stream` (HEADERS with END_STREAM and END_HEADERS).
+async fn h2_get<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    gw: &Gateway,
+    encoder: &mut httlib_hpack::Encoder<'_>,
+    stream: u32,
+    host: &str,
+    path: &str,
+) -> Result<()> {
+    let authority = format!("{host}:{}", gw.addrs.https.port());
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", path),
+        (":authority", authority.as_str()),
+    ] {
+        encoder
+            .encode(
+                (n.as_bytes().to_vec(), v.as_bytes().to_vec(), 0x0),
+                &mut block,
+            )
+            .map_err(|e| anyhow::anyhow!("hpack encode: {e:?}"))?;
+    }
+    write_frame(w, 0x1, 0x5, stream, &block).await
+}
+
+/// `server.timeouts.idle_secs` closes an idle HTTP/2 connection even when its client answers every PING, as any
+/// live client does. hyper pings idle connections, and the answers are traffic: with pings every 30 s, an idle
+/// timeout above that never came. Takes about 35 s (the timeout must be longer than the old ping interval).
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_although_its_client_answers_pings() -> Result<()> {
+    const IDLE_SECS: u64 = 31;
+    let echo = Echo::start().await?;
+    let gw = TestGateway::new()
+        .server(&format!("timeouts = {{ idle_secs = {IDLE_SECS} }}"))
+        .bypass_service("web", &echo.url())
+        .spawn()
+        .await?;
+    let mut tls = h2_open(&gw, "web.example.test").await?;
+    let mut encoder = httlib_hpack::Encoder::default();
+    h2_get(&mut tls, &gw, &mut encoder, 1, "web.example.test", "/").await?;
+    let mut answered = false;
+    let mut pings = 0;
+    let mut last_activity = std::time::Instant::now();
+    // The idle check runs every quarter of the timeout, so it closes within 1.25 times the timeout.
+    let limit = std::time::Duration::from_secs(IDLE_SECS * 5 / 4 + 6);
+    let closed_after = loop {
+        let left = limit.saturating_sub(last_activity.elapsed());
+        let frame = match tokio::time::timeout(left, read_frame(&mut tls)).await {
+            Err(_) => anyhow::bail!(
+                "the connection was still open {:?} after its last request ({pings} pings answered)",
+                last_activity.elapsed()
+            ),
+            Ok(Err(_)) => break last_activity.elapsed(), // closed
+            Ok(Ok(f)) => f,
+        };
+        match frame.kind {
+            0x4 if frame.flags & 0x1 == 0 => write_frame(&mut tls, 0x4, 0x1, 0, &[]).await?,
+            0x6 if frame.flags & 0x1 == 0 => {
+                // PING: answer as a live client does.
+                pings += 1;
+                write_frame(&mut tls, 0x6, 0x1, 0, &frame.payload).await?;
+            }
+            0x7 => break last_activity.elapsed(), // GOAWAY: the gateway closes the connection
+            0x0 if frame.stream == 1 && frame.flags & 0x1 != 0 => {
+                answered = true;
+                last_activity = std::time::Instant::now();
+            }
+            _ => {}
+        }
+    };
+    assert!(answered, "the request was not answered");
+    assert!(
+        closed_after >= std::time::Duration::from_secs(IDLE_SECS - 1),
+        "closed after {closed_after:?}, before the idle timeout of {IDLE_SECS} s"
+    );
+    Ok(())
+}
+
 /// Per-response values (`X-Request-Id`, `Date`) reach an HTTP/2 client as "never indexed" literals, so they do
 /// not churn the connection's HPACK table, while a stable upstream value (`Content-Type`) is still indexed once
 /// and then sent by reference. Read with a raw HTTP/2 client: h2's own client does not expose the representation.
@@ -162,34 +255,21 @@ async fn http2_responses_keep_per_response_values_out_of_the_hpack_table() -> Re
         .bypass_service("web", &echo.url())
         .spawn()
         .await?;
-    let mut tls = gw.tls_connect_alpn("web.example.test", b"h2").await?;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    {
-        use tokio::io::AsyncWriteExt as _;
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-    }
-    write_frame(&mut tls, 0x4, 0, 0, &[]).await?; // SETTINGS, all defaults
-    let authority = format!("web.example.test:{}", gw.addrs.https.port());
+    let mut tls = h2_open(&gw, "web.example.test").await?;
     let mut encoder = Encoder::default();
     let mut decoder = Decoder::default();
     // name -> HPACK flags of each response, in order.
     let mut responses: Vec<Vec<(String, u8)>> = Vec::new();
     for stream in [1u32, 3, 5] {
-        let mut block = Vec::new();
-        for (n, v) in [
-            (":method", "GET"),
-            (":scheme", "https"),
-            (":path", "/hpack"),
-            (":authority", authority.as_str()),
-        ] {
-            encoder
-                .encode(
-                    (n.as_bytes().to_vec(), v.as_bytes().to_vec(), 0x0),
-                    &mut block,
-                )
-                .map_err(|e| anyhow::anyhow!("hpack encode: {e:?}"))?;
-        }
-        write_frame(&mut tls, 0x1, 0x5, stream, &block).await?; // HEADERS, END_STREAM | END_HEADERS
+        h2_get(
+            &mut tls,
+            &gw,
+            &mut encoder,
+            stream,
+            "web.example.test",
+            "/hpack",
+        )
+        .await?;
         let mut header_block = Vec::new();
         loop {
             let f = tokio::time::timeout(std::time::Duration::from_secs(10), read_frame(&mut tls))
