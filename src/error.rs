@@ -56,9 +56,10 @@ impl RequestError {
             RequestError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::Auth(e) => e.status(),
             RequestError::Proxy(e) => match e {
-                ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
-                    StatusCode::GATEWAY_TIMEOUT
-                }
+                ProxyError::ConnectTimeout { .. }
+                | ProxyError::ResponseTimeout { .. }
+                | ProxyError::UpstreamNotReading { .. } => StatusCode::GATEWAY_TIMEOUT,
+                ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
                 ProxyError::Connect { .. }
                 | ProxyError::HeadersTooLarge { .. }
                 | ProxyError::Exchange { .. } => StatusCode::BAD_GATEWAY,
@@ -114,6 +115,12 @@ pub fn respond(err: &RequestError, request_id: &str) -> Response<Full<Bytes>> {
             "authentication unavailable: the token issuer's keys cannot be fetched (request id {request_id})\n"
         ),
         RequestError::Auth(_) => format!("authentication unavailable (request id {request_id})\n"),
+        RequestError::Proxy(ProxyError::BodyStalled { .. }) => format!(
+            "request timeout: the request body stopped arriving (request id {request_id})\n"
+        ),
+        RequestError::Proxy(ProxyError::UpstreamNotReading { .. }) => format!(
+            "gateway timeout: the service stopped reading the request body (request id {request_id})\n"
+        ),
         RequestError::Proxy(_) if status == StatusCode::GATEWAY_TIMEOUT => {
             format!(
                 "gateway timeout: the service did not answer in time (request id {request_id})\n"

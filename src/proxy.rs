@@ -6,8 +6,9 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -50,6 +51,20 @@ pub enum ProxyError {
         /// The timeout.
         after: Duration,
     },
+    /// The client stopped sending its request body.
+    #[error("the client sent nothing of its request body for {}s (server.timeouts.idle_secs)", after.as_secs())]
+    BodyStalled {
+        /// The timeout.
+        after: Duration,
+    },
+    /// The upstream stopped reading the request body.
+    #[error("upstream {upstream} read nothing of the request body for {}s (server.timeouts.idle_secs)", after.as_secs())]
+    UpstreamNotReading {
+        /// The upstream.
+        upstream: String,
+        /// The timeout.
+        after: Duration,
+    },
     /// The upstream's response head (status line and headers) did not fit the read buffer.
     #[error("upstream {upstream} sent response headers larger than {limit_kib} KiB; raise services.{service}.upstream_read_buffer_kib")]
     HeadersTooLarge {
@@ -78,6 +93,8 @@ impl ProxyError {
             ProxyError::Connect { .. } => "connect",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::ResponseTimeout { .. } => "timeout",
+            ProxyError::BodyStalled { .. } => "client_body_timeout",
+            ProxyError::UpstreamNotReading { .. } => "upstream_body_timeout",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::Exchange { .. } => "exchange",
         }
@@ -339,26 +356,36 @@ pub async fn forward(
     }
 
     let upstream = || route.upstream.to_string();
-    let sent = Arc::new(Notify::new());
-    let req = req.map(|body| SentBody::new(body, Arc::clone(&sent)));
+    let progress = Arc::new(BodyProgress::new());
+    let req = req.map(|body| SentBody::new(body, Arc::clone(&progress)));
     let exchange = pool.send(req);
     // The response timeout runs from the end of the request body, so a long upload is not cut short while it
-    // streams (the idle timeout covers a stalled client).
+    // streams; a body that stops arriving is cut after the idle timeout (the connection's own idle check only
+    // closes gracefully, and would wait for this request for ever).
     let deadline = async {
-        sent.notified().await;
+        progress.sent.notified().await;
         tokio::time::sleep(route.response_timeout).await;
     };
+    let stalled = progress.stalled(route.body_idle_timeout);
     let outcome = tokio::select! {
         r = exchange => Ok(r),
-        () = deadline => Err(()),
+        () = deadline => Err(ProxyError::ResponseTimeout {
+            upstream: upstream(),
+            after: route.response_timeout,
+        }),
+        () = stalled => Err(if progress.waiting_on_client.load(Ordering::Relaxed) {
+            ProxyError::BodyStalled {
+                after: route.body_idle_timeout,
+            }
+        } else {
+            ProxyError::UpstreamNotReading {
+                upstream: upstream(),
+                after: route.body_idle_timeout,
+            }
+        }),
     };
     let mut resp = match outcome {
-        Err(()) => {
-            return Err(ProxyError::ResponseTimeout {
-                upstream: upstream(),
-                after: route.response_timeout,
-            })
-        }
+        Err(e) => return Err(e),
         Ok(Err(pool::SendError::Connect(e))) => {
             return Err(if is_timeout(&*e) {
                 ProxyError::ConnectTimeout {
@@ -485,25 +512,94 @@ pub fn is_h2_websocket<B>(req: &Request<B>) -> bool {
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
+/// How far the client's request body has gone upstream: shared by [`SentBody`], polled by the upstream
+/// connection's task, and the request's future, which times it.
+struct BodyProgress {
+    /// Notified once the body has been sent completely (or failed).
+    sent: Notify,
+    /// Whether it has.
+    done: AtomicBool,
+    /// When the last frame came (or the body started), in milliseconds since [`BODY_EPOCH`].
+    last: AtomicU64,
+    /// Whether the body was last polled for a frame the client has not sent yet (else the upstream is not reading
+    /// it: a stall is then the upstream's).
+    waiting_on_client: AtomicBool,
+}
+
+/// The origin of [`BodyProgress`]'s times, so that a request without a body reads no clock for them.
+static BODY_EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn body_clock() -> Duration {
+    BODY_EPOCH.elapsed()
+}
+
+impl BodyProgress {
+    fn new() -> Self {
+        Self {
+            sent: Notify::new(),
+            done: AtomicBool::new(false),
+            last: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        // `notify_one` keeps a permit, so a waiter that comes later still wakes.
+        self.sent.notify_one();
+    }
+
+    fn frame(&self) {
+        self.last
+            .store(body_clock().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Completes once the body has sent nothing for `idle`; never for a body that has been sent.
+    async fn stalled(&self, idle: Duration) {
+        let check = (idle / 4).max(Duration::from_millis(100));
+        if !self.done.load(Ordering::Acquire) {
+            // The body starts now: a stall counts from here until its first frame.
+            let _ = self.last.compare_exchange(
+                0,
+                body_clock().as_millis() as u64,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        while !self.done.load(Ordering::Acquire) {
+            let quiet = body_clock()
+                .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(check.min(idle - quiet)).await;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// The client's request body on its way upstream; tells when it has been sent completely.
+    /// The client's request body on its way upstream; tells when it has been sent completely, and when each frame
+    /// came.
     pub struct SentBody {
         #[pin]
         inner: Incoming,
-        sent: Option<Arc<Notify>>,
+        progress: Option<Arc<BodyProgress>>,
     }
 }
 
 impl SentBody {
-    fn new(inner: Incoming, sent: Arc<Notify>) -> Self {
+    fn new(inner: Incoming, progress: Arc<BodyProgress>) -> Self {
         if http_body::Body::is_end_stream(&inner) {
-            // `notify_one` keeps a permit, so a waiter that comes later still wakes.
-            sent.notify_one();
-            return Self { inner, sent: None };
+            progress.finish();
+            return Self {
+                inner,
+                progress: None,
+            };
         }
         Self {
             inner,
-            sent: Some(sent),
+            progress: Some(progress),
         }
     }
 }
@@ -518,12 +614,22 @@ impl http_body::Body for SentBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if matches!(
-            polled,
-            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))
-        ) {
-            if let Some(sent) = this.sent.take() {
-                sent.notify_one();
+        match &polled {
+            std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_))) => {
+                if let Some(progress) = this.progress.take() {
+                    progress.finish();
+                }
+            }
+            std::task::Poll::Ready(Some(Ok(_))) => {
+                if let Some(progress) = this.progress {
+                    progress.frame();
+                    progress.waiting_on_client.store(false, Ordering::Relaxed);
+                }
+            }
+            std::task::Poll::Pending => {
+                if let Some(progress) = this.progress {
+                    progress.waiting_on_client.store(true, Ordering::Relaxed);
+                }
             }
         }
         polled

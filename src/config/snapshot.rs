@@ -115,6 +115,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Upstream response-header timeout.
     pub response_timeout: Duration,
+    /// How long a request body may send nothing before the request is dropped (`server.timeouts.idle_secs`).
+    pub body_idle_timeout: Duration,
     /// The keep-alive connections to `upstream` (shared with every route to the same upstream).
     pub pool: UpstreamPool,
     /// `name` as shared by every request's access record and metric labels (no per-request copy).

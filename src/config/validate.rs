@@ -489,6 +489,7 @@ fn build_route(
         policy,
         preserve_host: svc.preserve_host.unwrap_or(true),
         response_timeout,
+        body_idle_timeout: timeouts.idle,
         pool,
     })
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{Echo, EchoReport, TestGateway};
+use crate::harness::{Captured, Echo, EchoReport, TestGateway};
 
 const SIZE: u64 = 256 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
@@ -77,5 +77,110 @@ async fn download_of_256_mib_streams_to_the_client() -> Result<()> {
         total += chunk.len() as u64;
     }
     assert_eq!(total, SIZE);
+    Ok(())
+}
+
+/// A client that stops sending its request body is answered 408 after `server.timeouts.idle_secs`, and the
+/// connection closes. The connection's idle check alone closes gracefully, which waits for the request in flight:
+/// a stalled body held the client's connection and an upstream one for ever.
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_cut_after_the_idle_timeout() -> Result<()> {
+    let (captured, _guard) = Captured::install("portcullis=info");
+    let echo = Echo::start().await?;
+    let gw = TestGateway::new()
+        .server("timeouts = { idle_secs = 1 }")
+        .bypass_service("up", &echo.url())
+        .spawn()
+        .await?;
+    // 10 of the 1,000 bytes announced, then nothing.
+    let head =
+        "POST /upload HTTP/1.1\r\nHost: up.example.test\r\nContent-Length: 1000\r\n\r\n0123456789";
+    let started = std::time::Instant::now();
+    let (status, _, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        gw.raw_request("up.example.test", head),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer 10 s after the body stalled"))??;
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "cut after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("the request body stopped arriving"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let log = captured.text();
+    assert!(
+        log.contains("client_body_timeout") && log.contains("server.timeouts.idle_secs"),
+        "the log must name the setting: {log}"
+    );
+    Ok(())
+}
+
+/// An upload that keeps coming, however slowly, is not cut: the idle timeout counts from the last chunk, not from
+/// the start of the body (here 2.4 s of upload against a 1 s timeout).
+#[tokio::test]
+async fn a_slow_upload_that_keeps_coming_is_not_cut() -> Result<()> {
+    let echo = Echo::start().await?;
+    let gw = TestGateway::new()
+        .server("timeouts = { idle_secs = 1 }")
+        .bypass_service("up", &echo.url())
+        .spawn()
+        .await?;
+    let stream = futures_util::stream::iter(0..6u8).then(|i| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        Ok::<_, std::io::Error>(Bytes::from(vec![i; 1000]))
+    });
+    let resp = gw
+        .client
+        .post(gw.url("up.example.test", "/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let seen: EchoReport = resp.json().await?;
+    assert_eq!(seen.body_bytes, 6000);
+    Ok(())
+}
+
+/// An upstream that stops reading the request body is the upstream's fault: 504 after the idle timeout, naming it,
+/// rather than a 408 blaming the client, whose chunks are ready all along.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_answered_504() -> Result<()> {
+    // Accepts connections and reads nothing from them, so the kernel's buffers fill and then the upload stops.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = format!("http://{}", listener.local_addr()?);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::new()
+        .server("timeouts = { idle_secs = 1 }")
+        .bypass_service("up", &upstream)
+        .spawn()
+        .await?;
+    let pattern = pattern();
+    // 256 MiB on offer, far more than the loopback buffers between the gateway and the upstream hold.
+    let stream = futures_util::stream::iter(0..SIZE / CHUNK as u64)
+        .map(move |i| Ok::<_, std::io::Error>(chunk(&pattern, i)));
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        gw.client
+            .post(gw.url("up.example.test", "/upload"))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer 20 s after the upstream stopped reading"))??;
+    assert_eq!(resp.status(), 504);
+    let text = resp.text().await?;
+    assert!(text.contains("stopped reading the request body"), "{text}");
+    holder.abort();
     Ok(())
 }
