@@ -384,9 +384,8 @@ pub async fn forward(
             }
         }),
     };
-    let mut resp = match outcome {
-        Err(e) => return Err(e),
-        Ok(Err(pool::SendError::Connect(e))) => {
+    let mut resp = match outcome? {
+        Err(pool::SendError::Connect(e)) => {
             return Err(if is_timeout(&*e) {
                 ProxyError::ConnectTimeout {
                     upstream: upstream(),
@@ -398,20 +397,20 @@ pub async fn forward(
                 }
             })
         }
-        Ok(Err(pool::SendError::Exchange(e))) if e.is_parse_too_large() => {
+        Err(pool::SendError::Exchange(e)) if e.is_parse_too_large() => {
             return Err(ProxyError::HeadersTooLarge {
                 upstream: upstream(),
                 service: route.name.clone(),
                 limit_kib: pool.read_buffer() / 1024,
             })
         }
-        Ok(Err(pool::SendError::Exchange(e))) => {
+        Err(pool::SendError::Exchange(e)) => {
             return Err(ProxyError::Exchange {
                 upstream: upstream(),
                 source: e,
             })
         }
-        Ok(Ok(resp)) => resp,
+        Ok(resp) => resp,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

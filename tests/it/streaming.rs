@@ -5,10 +5,23 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{Captured, Echo, EchoReport, TestGateway};
+use crate::harness::{Captured, Echo, EchoReport, Gateway, TestGateway};
 
 const SIZE: u64 = 256 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
+
+/// POSTs the chunks of `stream` to `/upload` on `up.example.test`.
+async fn upload<S>(gw: &Gateway, stream: S) -> Result<reqwest::Response>
+where
+    S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    Ok(gw
+        .client
+        .post(gw.url("up.example.test", "/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?)
+}
 
 /// A buffer whose windows are the upload's chunks.
 fn pattern() -> Bytes {
@@ -41,12 +54,7 @@ async fn upload_of_256_mib_streams_to_the_upstream() -> Result<()> {
     let expected = format!("{:x}", hasher.finalize());
     let stream = futures_util::stream::iter(0..chunks)
         .map(move |i| Ok::<_, std::io::Error>(chunk(&pattern, i)));
-    let resp = gw
-        .client
-        .post(gw.url("up.example.test", "/upload"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await?;
+    let resp = upload(&gw, stream).await?;
     assert_eq!(resp.status(), 200);
     let seen: EchoReport = resp.json().await?;
     assert_eq!(seen.body_bytes, SIZE);
@@ -80,18 +88,23 @@ async fn download_of_256_mib_streams_to_the_client() -> Result<()> {
     Ok(())
 }
 
-/// A client that stops sending its request body is answered 408 after `server.timeouts.idle_secs`, and the
-/// connection closes. The connection's idle check alone closes gracefully, which waits for the request in flight:
+/// A gateway with `up.example.test` in front of `upstream` and a one-second `server.timeouts.idle_secs`.
+async fn idle_in_one_second(upstream: &str) -> Result<Gateway> {
+    TestGateway::new()
+        .server("timeouts = { idle_secs = 1 }")
+        .bypass_service("up", upstream)
+        .spawn()
+        .await
+}
+
+/// A client that stops sending its request body is answered 408 after `server.timeouts.idle_secs`, and the log
+/// line names the setting. The connection's idle check alone closes gracefully, which waits for the request in flight:
 /// a stalled body held the client's connection and an upstream one for ever.
 #[tokio::test]
 async fn a_request_body_that_stops_arriving_is_cut_after_the_idle_timeout() -> Result<()> {
     let (captured, _guard) = Captured::install("portcullis=info");
     let echo = Echo::start().await?;
-    let gw = TestGateway::new()
-        .server("timeouts = { idle_secs = 1 }")
-        .bypass_service("up", &echo.url())
-        .spawn()
-        .await?;
+    let gw = idle_in_one_second(&echo.url()).await?;
     // 10 of the 1,000 bytes announced, then nothing.
     let head =
         "POST /upload HTTP/1.1\r\nHost: up.example.test\r\nContent-Length: 1000\r\n\r\n0123456789";
@@ -126,21 +139,12 @@ async fn a_request_body_that_stops_arriving_is_cut_after_the_idle_timeout() -> R
 #[tokio::test]
 async fn a_slow_upload_that_keeps_coming_is_not_cut() -> Result<()> {
     let echo = Echo::start().await?;
-    let gw = TestGateway::new()
-        .server("timeouts = { idle_secs = 1 }")
-        .bypass_service("up", &echo.url())
-        .spawn()
-        .await?;
+    let gw = idle_in_one_second(&echo.url()).await?;
     let stream = futures_util::stream::iter(0..6u8).then(|i| async move {
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         Ok::<_, std::io::Error>(Bytes::from(vec![i; 1000]))
     });
-    let resp = gw
-        .client
-        .post(gw.url("up.example.test", "/upload"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await?;
+    let resp = upload(&gw, stream).await?;
     assert_eq!(resp.status(), 200);
     let seen: EchoReport = resp.json().await?;
     assert_eq!(seen.body_bytes, 6000);
@@ -160,24 +164,14 @@ async fn an_upstream_that_stops_reading_the_body_is_answered_504() -> Result<()>
             held.push(s);
         }
     });
-    let gw = TestGateway::new()
-        .server("timeouts = { idle_secs = 1 }")
-        .bypass_service("up", &upstream)
-        .spawn()
-        .await?;
+    let gw = idle_in_one_second(&upstream).await?;
     let pattern = pattern();
     // 256 MiB on offer, far more than the loopback buffers between the gateway and the upstream hold.
     let stream = futures_util::stream::iter(0..SIZE / CHUNK as u64)
         .map(move |i| Ok::<_, std::io::Error>(chunk(&pattern, i)));
-    let resp = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        gw.client
-            .post(gw.url("up.example.test", "/upload"))
-            .body(reqwest::Body::wrap_stream(stream))
-            .send(),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer 20 s after the upstream stopped reading"))??;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), upload(&gw, stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer 20 s after the upstream stopped reading"))??;
     assert_eq!(resp.status(), 504);
     let text = resp.text().await?;
     assert!(text.contains("stopped reading the request body"), "{text}");
