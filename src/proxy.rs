@@ -548,14 +548,16 @@ impl BodyProgress {
         self.sent.notify_one();
     }
 
+    /// A frame came: the body is moving, and the client is not being waited for.
     fn frame(&self) {
         self.last
             .store(body_clock().as_millis() as u64, Ordering::Relaxed);
+        self.waiting_on_client.store(false, Ordering::Relaxed);
     }
 
     /// Completes once the body has sent nothing for `idle`; never for a body that has been sent.
     async fn stalled(&self, idle: Duration) {
-        let check = (idle / 4).max(Duration::from_millis(100));
+        let check = crate::config::snapshot::idle_check_every(idle);
         if !self.done.load(Ordering::Acquire) {
             // The body starts now: a stall counts from here until its first frame.
             let _ = self.last.compare_exchange(
@@ -622,7 +624,6 @@ impl http_body::Body for SentBody {
             std::task::Poll::Ready(Some(Ok(_))) => {
                 if let Some(progress) = this.progress {
                     progress.frame();
-                    progress.waiting_on_client.store(false, Ordering::Relaxed);
                 }
             }
             std::task::Poll::Pending => {

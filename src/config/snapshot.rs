@@ -66,6 +66,12 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
+/// How often something timed by `server.timeouts.idle_secs` (a quiet connection, a stalled request body) checks
+/// whether that long has passed: it acts at most this long late.
+pub(crate) fn idle_check_every(idle: Duration) -> Duration {
+    (idle / 4).max(Duration::from_millis(250))
+}
+
 /// Where certificates come from.
 #[derive(Debug, Clone)]
 pub struct TlsSource {

@@ -147,11 +147,6 @@ pub(crate) struct Ctx {
 /// How long after the idle check would have closed it a quiet HTTP/2 connection is first pinged.
 const KEEP_ALIVE_AFTER_IDLE: Duration = Duration::from_secs(10);
 
-/// How often a connection checks whether it has been quiet for the idle timeout: it closes at most this long late.
-fn idle_check_every(idle: Duration) -> Duration {
-    (idle / 4).max(Duration::from_millis(250))
-}
-
 fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
     let snap = shared.snapshot.load();
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -165,7 +160,9 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
         // has had its chance: hyper pings idle connections too, and the peer's answers would count as traffic, so
         // an idle HTTP/2 client would never be closed (`server.timeouts.idle_secs`).
         .keep_alive_interval(Some(
-            snap.timeouts.idle + idle_check_every(snap.timeouts.idle) + KEEP_ALIVE_AFTER_IDLE,
+            snap.timeouts.idle
+                + crate::config::snapshot::idle_check_every(snap.timeouts.idle)
+                + KEEP_ALIVE_AFTER_IDLE,
         ))
         .max_concurrent_streams(256)
         // Large uploads: the 64 KiB default window would cap a stream at one window per round trip.
@@ -301,7 +298,7 @@ where
     let builder = builder(&ctx.shared);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let check_every = idle_check_every(idle);
+    let check_every = crate::config::snapshot::idle_check_every(idle);
     let mut draining = false;
     loop {
         tokio::select! {
