@@ -561,7 +561,7 @@ impl Authenticator {
                 if !jwt::is_hmac(parsed.alg) {
                     return Err(fail(TokenRejection::AlgorithmKeyMismatch));
                 }
-                jwt::verify_signature(&parsed, key).map_err(fail)?;
+                key.verify(&parsed).map_err(fail)?;
             }
             IssuerKind::Jwks(_) => {
                 if jwt::is_hmac(parsed.alg) {

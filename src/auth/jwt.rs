@@ -1,8 +1,9 @@
 //! JWT parsing and claim checks (RFC 7519, RFC 7515): header `alg`/`kid`, signature over the signing input
 //! with a key whose type fits the `alg`, then `iss`, `aud`, `exp`, `nbf`, `iat` against an injected clock.
 //!
-//! Signature verification is delegated to `jsonwebtoken::crypto::verify`, which does not itself check that the
-//! key fits the algorithm; every call here is preceded by that check (no `none`, no RS->HS confusion).
+//! Public-key signatures are verified by `jsonwebtoken::crypto::verify`, which does not itself check that the
+//! key fits the algorithm; every call here is preceded by that check (no `none`, no RS->HS confusion). Shared-secret
+//! (HS*) signatures are verified by ring's HMAC with keys made once per configuration (`HmacKey`).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -84,6 +85,45 @@ pub(crate) fn verify_signature(p: &Parsed<'_>, key: &DecodingKey) -> Result<(), 
     }
 }
 
+/// A shared HMAC secret as ring keys, one per HS algorithm, made when the configuration loads. jsonwebtoken's
+/// `DecodingKey::from_secret` keeps the bytes and derives the HMAC key again on every verification (two SHA
+/// blocks for the padded key), then compares base64 strings; here a cold HS256 check pays for the MAC alone.
+pub(crate) struct HmacKey {
+    hs256: ring::hmac::Key,
+    hs384: ring::hmac::Key,
+    hs512: ring::hmac::Key,
+}
+
+impl HmacKey {
+    pub(crate) fn new(secret: &[u8]) -> Self {
+        Self {
+            hs256: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            hs384: ring::hmac::Key::new(ring::hmac::HMAC_SHA384, secret),
+            hs512: ring::hmac::Key::new(ring::hmac::HMAC_SHA512, secret),
+        }
+    }
+
+    /// Checks an HS256/384/512 signature (ring compares in constant time).
+    ///
+    /// # Errors
+    /// `AlgorithmKeyMismatch` for any other `alg`; `BadSignature` for a signature that is not canonical unpadded
+    /// base64url of at most 64 bytes, or does not match.
+    pub(crate) fn verify(&self, p: &Parsed<'_>) -> Result<(), TokenRejection> {
+        let key = match p.alg {
+            Algorithm::HS256 => &self.hs256,
+            Algorithm::HS384 => &self.hs384,
+            Algorithm::HS512 => &self.hs512,
+            _ => return Err(TokenRejection::AlgorithmKeyMismatch),
+        };
+        let mut mac = [0u8; 64];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(p.signature, &mut mac)
+            .map_err(|_| TokenRejection::BadSignature)?;
+        ring::hmac::verify(key, p.signing_input.as_bytes(), &mac[..n])
+            .map_err(|_| TokenRejection::BadSignature)
+    }
+}
+
 /// The family of an algorithm, for the key-type check.
 pub(crate) fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
@@ -160,6 +200,87 @@ mod tests {
             Value::Object(m) => m,
             other => panic!("not an object: {other}"),
         }
+    }
+
+    fn hs_token(alg: Algorithm, secret: &[u8]) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &json!({"iss": "x", "exp": 2_000_000_000u64}),
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn hmac_keys_verify_what_jsonwebtoken_signs_and_nothing_else() {
+        let secret = b"a-shared-secret-of-at-least-64-bytes-for-hs512-0123456789abcdef!";
+        let key = HmacKey::new(secret);
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let token = hs_token(alg, secret);
+            let p = parse(&token).expect("parse");
+            assert_eq!(key.verify(&p), Ok(()), "{alg:?}");
+            // Another secret, another MAC.
+            let other = hs_token(
+                alg,
+                b"another-shared-secret-of-at-least-64-bytes-for-hs512-0123456789!",
+            );
+            let q = parse(&other).expect("parse");
+            assert_eq!(key.verify(&q), Err(TokenRejection::BadSignature), "{alg:?}");
+            // The signature of one algorithm under another's name.
+            let swapped = Parsed {
+                alg: if alg == Algorithm::HS256 {
+                    Algorithm::HS512
+                } else {
+                    Algorithm::HS256
+                },
+                ..parse(&token).expect("parse")
+            };
+            assert_eq!(
+                key.verify(&swapped),
+                Err(TokenRejection::BadSignature),
+                "{alg:?}"
+            );
+        }
+        let token = hs_token(Algorithm::HS256, secret);
+        let (input, sig) = token.rsplit_once('.').expect("three parts");
+        let with = |signature: &str| {
+            let t = format!("{input}.{signature}");
+            key.verify(&parse(&t).expect("parse"))
+        };
+        // One bit flipped in the MAC (the first character carries its first six bits).
+        let first = if sig.starts_with('A') { "B" } else { "A" };
+        assert_eq!(
+            with(&format!("{first}{}", &sig[1..])),
+            Err(TokenRejection::BadSignature)
+        );
+        // The same MAC written another way: padded, or with non-zero bits after its last byte. Only the
+        // canonical form verifies.
+        assert_eq!(with(&format!("{sig}=")), Err(TokenRejection::BadSignature));
+        // 32 bytes are 43 characters, the last holding 4 bits of the MAC and 2 zero bits: set the lowest.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let last = *sig.as_bytes().last().expect("non-empty");
+        let i = alphabet.iter().position(|&c| c == last).expect("base64url");
+        assert_eq!(
+            i & 3,
+            0,
+            "the trailing bits of a canonical encoding are zero"
+        );
+        let bumped = char::from(alphabet[i | 1]);
+        let last = char::from(last);
+        assert_ne!(bumped, last);
+        assert_eq!(
+            with(&format!("{}{bumped}", &sig[..sig.len() - 1])),
+            Err(TokenRejection::BadSignature)
+        );
+        // Longer than any HS MAC, and not base64url at all.
+        assert_eq!(with(&"A".repeat(90)), Err(TokenRejection::BadSignature));
+        assert_eq!(with("not*base64"), Err(TokenRejection::BadSignature));
+        // Never a public-key algorithm.
+        let rs = Parsed {
+            alg: Algorithm::RS256,
+            ..parse(&token).expect("parse")
+        };
+        assert_eq!(key.verify(&rs), Err(TokenRejection::AlgorithmKeyMismatch));
     }
 
     #[test]

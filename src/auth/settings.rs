@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 
 use super::claims::ClaimPath;
@@ -197,7 +197,7 @@ impl Issuer {
 /// Where an issuer's keys come from.
 pub(crate) enum IssuerKind {
     /// A shared HMAC secret; only HS256/384/512.
-    Hmac(DecodingKey),
+    Hmac(Box<super::jwt::HmacKey>),
     /// Public keys from a JWKS; only asymmetric algorithms.
     Jwks(JwksSource),
 }
@@ -565,7 +565,7 @@ pub(crate) fn build_issuer(
         .map(|s| Sha256::digest(s.expose().as_bytes()).into())
         .unwrap_or_default();
     let kind = match (secret, source) {
-        (Some(s), _) => IssuerKind::Hmac(DecodingKey::from_secret(s.expose().as_bytes())),
+        (Some(s), _) => IssuerKind::Hmac(Box::new(super::jwt::HmacKey::new(s.expose().as_bytes()))),
         (None, Some(src)) => IssuerKind::Jwks(src),
         (None, None) => return None,
     };

@@ -89,7 +89,7 @@ impl Authenticator {
                 if !super::jwt::is_hmac(parsed.alg) {
                     return Err(bad(TokenRejection::AlgorithmKeyMismatch));
                 }
-                super::jwt::verify_signature(&parsed, key).map_err(bad)?;
+                key.verify(&parsed).map_err(bad)?;
             }
             IssuerKind::Jwks(_) => {
                 if super::jwt::is_hmac(parsed.alg) {
