@@ -991,8 +991,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     while let [rest @ .., b'='] = body {
         body = rest;
     }
-    // RFC 6750 §2.1 b64token: one table look-up per byte (this runs on every Bearer request).
-    if body.is_empty() || !body.iter().all(|&b| B64TOKEN[usize::from(b)]) {
+    // RFC 6750 §2.1 b64token. This runs on every Bearer request: range compares folded without early exit, which
+    // the compiler turns into vector compares (with a table look-up per byte, a cached RS256 check took 1.21 µs
+    // against 1.12 now; criterion, `jwt/RS256/cached`).
+    if body.is_empty() || !body.iter().fold(true, |ok, &b| ok & is_b64token_byte(b)) {
         return Err(invalid(None, TokenRejection::Malformed));
     }
     // Only ASCII passed the table, so this cannot fail.
@@ -1000,16 +1002,15 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 }
 
 /// The bytes of an RFC 6750 `b64token` before its trailing `=`: letters, digits and `-._~+/`.
-static B64TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-        b += 1;
-    }
-    t
-};
+fn is_b64token_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        | (c == b'-')
+        | (c == b'.')
+        | (c == b'_')
+        | (c == b'~')
+        | (c == b'+')
+        | (c == b'/')
+}
 
 #[cfg(test)]
 mod tests {
@@ -1044,6 +1045,14 @@ mod tests {
         );
         assert_eq!(bearer(&auth(&[b"bearer   tok=="])).ok(), Some("tok=="));
         assert_eq!(bearer(&auth(&[b"BEARER t"])).ok(), Some("t"));
+    }
+
+    #[test]
+    fn b64token_bytes_are_exactly_those_of_rfc_6750() {
+        let spec = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";
+        for b in 0..=255u8 {
+            assert_eq!(is_b64token_byte(b), spec.contains(&b), "byte {b:#04x}");
+        }
     }
 
     #[test]
