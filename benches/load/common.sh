@@ -1,5 +1,6 @@
-# Sourced by instructions.sh and token_cache.sh: the binary to measure, a scratch directory that is removed on
-# exit with every process started into it stopped, and free loopback ports. The caller provides ROOT and `die`.
+# Sourced by instructions.sh, idle_conns.sh and token_cache.sh: the binary to measure, a scratch directory that is
+# removed on exit with every process started into it stopped, free loopback ports and test certificates. The
+# caller provides ROOT and `die`.
 
 # portcullis_bin: sets PORTCULLIS_BIN, building the release binary first unless PORTCULLIS_BIN or NO_BUILD is set.
 portcullis_bin() {
@@ -30,4 +31,24 @@ scratch_cleanup() {
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# bench_certs DIR: a throw-away CA (ca.crt, ca.key) and a certificate for bench.test and *.bench.test signed by it
+# (bench.crt, bench.key), in DIR; also pc-certs/ for Portcullis's certs_dir (the chain and its key) and
+# combined.pem for HAProxy (chain and key in one file).
+bench_certs() {
+    (
+        cd "$1"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+            -keyout ca.key -out ca.crt -addext "basicConstraints=critical,CA:TRUE" 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench.test" \
+            -keyout bench.key -out bench.csr 2>/dev/null
+        printf 'subjectAltName=DNS:bench.test,DNS:*.bench.test\n' >ext.cnf
+        openssl x509 -req -in bench.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf \
+            -out bench.crt 2>/dev/null
+        mkdir -p pc-certs
+        cat bench.crt ca.crt >pc-certs/bench.crt
+        cp bench.key pc-certs/bench.key
+        cat bench.crt ca.crt bench.key >combined.pem
+    ) || die "openssl could not make the test certificates"
 }

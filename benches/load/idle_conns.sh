@@ -32,20 +32,7 @@ source "$HERE/common.sh"
 portcullis_bin
 scratch portcullis-idle-conns
 
-(
-    cd "$TMP"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=idle CA" \
-        -keyout ca.key -out ca.crt -addext "basicConstraints=critical,CA:TRUE" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench.test" \
-        -keyout bench.key -out bench.csr 2>/dev/null
-    printf 'subjectAltName=DNS:bench.test,DNS:*.bench.test\n' >ext.cnf
-    openssl x509 -req -in bench.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf \
-        -out bench.crt 2>/dev/null
-    mkdir -p pc-certs
-    cat bench.crt ca.crt >pc-certs/bench.crt
-    cp bench.key pc-certs/bench.key
-    cat bench.crt ca.crt bench.key >combined.pem
-) || die "openssl could not make the test certificates"
+bench_certs "$TMP"
 
 ORIGIN_PORT="$(free_port)"
 RUST_LOG=warn "$PORTCULLIS_BIN" echo --listen "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &

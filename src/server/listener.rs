@@ -330,35 +330,27 @@ where
         last: Arc::clone(&last),
         epoch,
     });
-    let idle = Idle { idle, epoch, last };
+    let watch = Watch {
+        idle,
+        epoch,
+        last,
+        ctx,
+        listener,
+    };
     match protocol {
         Protocol::Http1 => {
             let mut b = hyper::server::conn::http1::Builder::new();
             http1_settings!(b, snap);
             let conn = b.serve_connection(io, svc).with_upgrades();
             drop(snap);
-            drive(
-                Box::pin(conn),
-                |c| c.graceful_shutdown(),
-                &idle,
-                ctx,
-                listener,
-            )
-            .await;
+            watch.drive(Box::pin(conn), |c| c.graceful_shutdown()).await;
         }
         Protocol::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http2_settings!(b, snap);
             let conn = b.serve_connection(io, svc);
             drop(snap);
-            drive(
-                Box::pin(conn),
-                |c| c.graceful_shutdown(),
-                &idle,
-                ctx,
-                listener,
-            )
-            .await;
+            watch.drive(Box::pin(conn), |c| c.graceful_shutdown()).await;
         }
         Protocol::Detect => {
             let mut b = auto::Builder::new(TokioExecutor::new());
@@ -366,57 +358,50 @@ where
             http2_settings!(b.http2(), snap);
             drop(snap);
             let conn = b.serve_connection_with_upgrades(io, svc);
-            drive(
-                Box::pin(conn),
-                |c| c.graceful_shutdown(),
-                &idle,
-                ctx,
-                listener,
-            )
-            .await;
+            watch.drive(Box::pin(conn), |c| c.graceful_shutdown()).await;
         }
     }
 }
 
-/// When a connection last moved a byte, for its idle check.
-struct Idle {
+/// What ends a connection besides its peer: the gateway stopping, or no byte moved for `idle`.
+struct Watch<'a> {
     idle: Duration,
     epoch: Instant,
+    /// Milliseconds after `epoch` of the last byte moved (`IdleIo`).
     last: Arc<AtomicU64>,
+    ctx: &'a Ctx,
+    listener: &'static str,
 }
 
-/// Polls a connection to its end, closing it gracefully when the gateway stops or the connection has been idle
-/// for `server.timeouts.idle_secs`.
-async fn drive<C, E>(
-    mut conn: Pin<Box<C>>,
-    graceful: impl Fn(Pin<&mut C>),
-    idle: &Idle,
-    ctx: &Ctx,
-    listener: &'static str,
-) where
-    C: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let check_every = crate::config::snapshot::idle_check_every(idle.idle);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(listener, error = %e, "connection ended with an error");
+impl Watch<'_> {
+    /// Polls a connection to its end, closing it gracefully when the gateway stops or the connection has been
+    /// idle for `server.timeouts.idle_secs`.
+    async fn drive<C, E>(&self, mut conn: Pin<Box<C>>, graceful: impl Fn(Pin<&mut C>))
+    where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let check_every = crate::config::snapshot::idle_check_every(self.idle);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(listener = self.listener, error = %e, "connection ended with an error");
+                    }
+                    return;
                 }
-                return;
-            }
-            () = ctx.stop.cancelled(), if !draining => {
-                graceful(conn.as_mut());
-                draining = true;
-            }
-            () = tokio::time::sleep(check_every), if !draining => {
-                let quiet = idle.epoch.elapsed().saturating_sub(Duration::from_millis(idle.last.load(Ordering::Relaxed)));
-                if quiet >= idle.idle {
-                    // Graceful: a request still in flight finishes before the connection closes.
+                () = self.ctx.stop.cancelled(), if !draining => {
                     graceful(conn.as_mut());
                     draining = true;
+                }
+                () = tokio::time::sleep(check_every), if !draining => {
+                    let quiet = self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
+                    if quiet >= self.idle {
+                        // Graceful: a request still in flight finishes before the connection closes.
+                        graceful(conn.as_mut());
+                        draining = true;
+                    }
                 }
             }
         }
