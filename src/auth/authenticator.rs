@@ -997,7 +997,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     if body.is_empty() || !body.iter().fold(true, |ok, &b| ok & is_b64token_byte(b)) {
         return Err(invalid(None, TokenRejection::Malformed));
     }
-    // Only ASCII passed the table, so this cannot fail.
+    // Only ASCII passed the check, so this cannot fail.
     std::str::from_utf8(token).map_err(|_| invalid(None, TokenRejection::Malformed))
 }
 

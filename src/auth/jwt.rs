@@ -88,7 +88,8 @@ pub(crate) fn verify_signature(p: &Parsed<'_>, key: &DecodingKey) -> Result<(), 
 
 /// A shared HMAC secret as ring keys, one per HS algorithm, made when the configuration loads. jsonwebtoken's
 /// `DecodingKey::from_secret` keeps the bytes and derives the HMAC key again on every verification (two SHA
-/// blocks for the padded key), then compares base64 strings; here a cold HS256 check pays for the MAC alone.
+/// blocks for the padded key), then compares base64 strings; here the keys are derived once, and a verification
+/// costs the MAC and its constant-time comparison.
 pub(crate) struct HmacKey {
     hs256: ring::hmac::Key,
     hs384: ring::hmac::Key,
