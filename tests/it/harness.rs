@@ -554,16 +554,16 @@ impl Gateway {
 
     /// A TLS connection to the HTTPS listener with the given SNI (ALPN `http/1.1`).
     pub(crate) async fn tls_connect(&self, sni: &str) -> Result<TlsStream<TcpStream>> {
-        self.tls_connect_alpn(sni, b"http/1.1").await
+        self.tls_connect_alpn(sni, &[b"http/1.1"]).await
     }
 
-    /// A TLS connection to the HTTPS listener offering one ALPN protocol.
+    /// A TLS connection to the HTTPS listener offering these ALPN protocols (none: no ALPN extension).
     pub(crate) async fn tls_connect_alpn(
         &self,
         sni: &str,
-        alpn: &[u8],
+        alpn: &[&[u8]],
     ) -> Result<TlsStream<TcpStream>> {
-        let connector = tokio_rustls::TlsConnector::from(self.tls_config(&[alpn])?);
+        let connector = tokio_rustls::TlsConnector::from(self.tls_config(alpn)?);
         let tcp = TcpStream::connect(self.addrs.https).await?;
         let name = ServerName::try_from(sni.to_owned())?;
         Ok(connector.connect(name, tcp).await?)

@@ -169,14 +169,7 @@ async fn h2_preface(
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::AsyncWriteExt as _;
-    let connector = tokio_rustls::TlsConnector::from(gw.tls_config(alpn)?);
-    let tcp = tokio::net::TcpStream::connect(gw.addrs.https).await?;
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from(host.to_owned())?,
-            tcp,
-        )
-        .await?;
+    let mut tls = gw.tls_connect_alpn(host, alpn).await?;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
     write_frame(&mut tls, 0x4, 0, 0, &[]).await?; // SETTINGS, all defaults
     Ok(tls)
@@ -201,13 +194,24 @@ async fn the_protocol_alpn_chose_is_the_one_served() -> Result<()> {
         first.kind, 0x4,
         "a SETTINGS frame first, from an HTTP/2 server"
     );
-    // ALPN h2: served as HTTP/2.
+    // ALPN h2: served as HTTP/2, and a request on it reaches the upstream.
     let mut tls = h2_open(&gw, "web.example.test").await?;
     let first = tokio::time::timeout(wait, read_frame(&mut tls)).await??;
     assert_eq!(
         first.kind, 0x4,
         "a SETTINGS frame first, from an HTTP/2 server"
     );
+    let mut encoder = httlib_hpack::Encoder::default();
+    h2_get(&mut tls, &gw, &mut encoder, 1, "web.example.test", "/").await?;
+    loop {
+        let f = tokio::time::timeout(wait, read_frame(&mut tls)).await??;
+        match f.kind {
+            0x4 if f.flags & 0x1 == 0 => write_frame(&mut tls, 0x4, 0x1, 0, &[]).await?,
+            0x1 if f.stream == 1 => break, // the response's HEADERS
+            0x3 | 0x7 => anyhow::bail!("the HTTP/2 request was refused (frame type {})", f.kind),
+            _ => {}
+        }
+    }
     // ALPN http/1.1: to an HTTP/1.1 server the preface is a request line naming version HTTP/2.0, and hyper
     // closes such a connection without an answer. Served with detection, SETTINGS would come back.
     let mut tls = h2_preface(&gw, "web.example.test", &[b"http/1.1"]).await?;
@@ -225,7 +229,11 @@ async fn the_protocol_alpn_chose_is_the_one_served() -> Result<()> {
         answer.is_empty(),
         "a connection that chose http/1.1 was answered as HTTP/2: {answer:?}"
     );
-    assert_eq!(echo.connections(), 0, "nothing reached the upstream");
+    assert_eq!(
+        echo.connections(),
+        1,
+        "only the HTTP/2 request reached the upstream"
+    );
     Ok(())
 }
 
