@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use super::claims::numeric_date;
 use super::client::{form_encode, HttpClient};
 use super::error::{AuthError, FetchError, TokenRejection};
-use super::identity::{Identity, IdentityMemo, Permit};
+use super::identity::{HeaderValues, Identity, IdentityMemo, Permit};
 use super::jwks::{fetch_keys, KeySnapshot, PublicKey};
 use super::jwt;
 use super::path::normalized_forms;
@@ -163,7 +163,8 @@ fn value_heap_bytes(v: &Value) -> usize {
     }
 }
 
-/// Heap bytes of an identity besides the claims it shares: its record in an `Arc` and its strings.
+/// Heap bytes of an identity besides the claims it shares: its record in an `Arc`, its strings and the header
+/// values a request makes of them.
 fn identity_heap_bytes(i: &Identity) -> usize {
     let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| allocation(s.capacity()));
     allocation(std::mem::size_of::<Identity>() + 16)
@@ -177,6 +178,7 @@ fn identity_heap_bytes(i: &Identity) -> usize {
             .iter()
             .map(|g| allocation(g.capacity()))
             .sum::<usize>()
+        + HeaderValues::estimate(i, allocation)
 }
 
 /// What the allocator (mimalloc) takes for a buffer of `n` bytes: its size class, multiples of 8 up to 64,
@@ -1127,6 +1129,7 @@ mod weight_tests {
                     .collect(),
                 issuer: "i".into(),
                 claims: Arc::clone(&c),
+                header_values: Default::default(),
             };
             u64::from(Verified::estimate_weight(&c, &id, Some("kid-1")))
         };

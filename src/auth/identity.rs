@@ -35,6 +35,8 @@ pub struct Identity {
     pub issuer: String,
     /// Every claim of the token (or introspection answer).
     pub claims: Arc<Map<String, Value>>,
+    /// Its identity header values, made at its first request.
+    pub(crate) header_values: HeaderValues,
 }
 
 impl Identity {
@@ -65,7 +67,102 @@ impl Identity {
             issuer: issuer.url.clone(),
             subject,
             claims,
+            header_values: HeaderValues::default(),
         }
+    }
+}
+
+/// The values of an identity's user, email, name and groups headers, made once: a session's or a cached token's
+/// every request would otherwise validate and copy the same strings into new header values. Cloning one of these
+/// shares its bytes. The groups value depends on the service's group separator, so the values are used only for
+/// the separator they were made with; the first one is kept, and a service with another separator makes its own
+/// each time. The claim headers (`identity_headers.claims`) are not kept: they depend on the service's mapping.
+#[derive(Default)]
+pub(crate) struct HeaderValues(OnceLock<Values>);
+
+struct Values {
+    separator: Box<str>,
+    user: Option<HeaderValue>,
+    email: Option<HeaderValue>,
+    name: Option<HeaderValue>,
+    groups: Option<HeaderValue>,
+}
+
+impl Values {
+    fn of(id: &Identity, separator: &str) -> Self {
+        Values {
+            separator: separator.into(),
+            user: header_value("user", Some(id.user.clone())),
+            email: header_value("email", id.email.clone()),
+            name: header_value("name", id.name.clone()),
+            groups: header_value("groups", joined(&id.groups, separator)),
+        }
+    }
+
+    /// Heap bytes these values hold once made (they sit inside the identity): each value's bytes, and the
+    /// record through which `Bytes` shares them. A group separator is taken as two bytes.
+    fn heap_bytes(id: &Identity, allocation: fn(usize) -> usize) -> usize {
+        const SHARED: usize = 32;
+        let text = |len: usize| {
+            if len == 0 {
+                0
+            } else {
+                allocation(len) + SHARED
+            }
+        };
+        text(id.user.len())
+            + text(id.email.as_ref().map_or(0, String::len))
+            + text(id.name.as_ref().map_or(0, String::len))
+            + text(id.groups.iter().map(|g| g.len() + 2).sum::<usize>())
+    }
+}
+
+/// `text` as a header value, or `None` when it has characters a header cannot carry. Claim text comes from the
+/// issuer; such a value is not sent rather than mangled.
+fn header_value(header: &'static str, text: Option<String>) -> Option<HeaderValue> {
+    let text = text?;
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::debug!(header, "identity value not representable as a header");
+            None
+        }
+    }
+}
+
+impl HeaderValues {
+    fn for_separator(&self, id: &Identity, separator: &str) -> Option<&Values> {
+        let v = self.0.get_or_init(|| Values::of(id, separator));
+        (*v.separator == *separator).then_some(v)
+    }
+
+    /// Heap bytes the values of `id` will hold, for the weight of a cache entry that keeps it; `allocation`
+    /// rounds a buffer's size up to what the allocator takes for it.
+    pub(crate) fn estimate(id: &Identity, allocation: fn(usize) -> usize) -> usize {
+        Values::heap_bytes(id, allocation)
+    }
+}
+
+impl Clone for HeaderValues {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// Always equal: the values are a memo of the identity's own fields.
+impl PartialEq for HeaderValues {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for HeaderValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "HeaderValues(set)"
+        } else {
+            "HeaderValues(empty)"
+        })
     }
 }
 
@@ -301,9 +398,12 @@ impl IdentityHeaders {
 /// The groups of `id` joined with the service's separator, `None` when there are none. A group containing the
 /// separator would read as two groups; it is left out rather than let it forge one.
 pub(crate) fn joined_groups(policy: &ServicePolicy, id: &Identity) -> Option<String> {
-    let sep = policy.headers.separator.as_str();
-    let groups: Vec<&str> = id
-        .groups
+    joined(&id.groups, &policy.headers.separator)
+}
+
+/// The groups joined by `sep`, leaving out any group that contains it.
+fn joined(groups: &[String], sep: &str) -> Option<String> {
+    let groups: Vec<&str> = groups
         .iter()
         .map(String::as_str)
         .filter(|g| !g.contains(sep))
@@ -357,27 +457,32 @@ pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut Hea
         }
     }
     let Some(id) = permit.identity() else { return };
-    let mut set = |names: &[HeaderName], value: Option<&str>| {
-        let Some(value) = value else { return };
-        // Claim text comes from the issuer; a value with control characters is not sent rather than mangled.
-        let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) else {
-            tracing::debug!(header = %names.first().map(HeaderName::as_str).unwrap_or(""), "identity value not representable as a header");
-            return;
-        };
-        for n in names {
-            headers.insert(n.clone(), v.clone());
+    let fresh;
+    let values = match id.header_values.for_separator(id, &h.separator) {
+        Some(v) => v,
+        None => {
+            fresh = Values::of(id, &h.separator);
+            &fresh
         }
     };
-    set(&h.user, Some(&id.user));
-    set(&h.email, id.email.as_deref());
-    set(&h.name, id.name.as_deref());
-    set(&h.groups, joined_groups(policy, id).as_deref());
+    let mut set = |names: &[HeaderName], value: Option<&HeaderValue>| {
+        let Some(value) = value else { return };
+        for n in names {
+            headers.insert(n.clone(), value.clone());
+        }
+    };
+    set(&h.user, values.user.as_ref());
+    set(&h.email, values.email.as_ref());
+    set(&h.name, values.name.as_ref());
+    set(&h.groups, values.groups.as_ref());
     for (name, path) in &h.claims {
         if let Some(text) = path
             .lookup(&id.claims)
             .and_then(|v| claim_text(v, &h.separator))
         {
-            set(std::slice::from_ref(name), Some(&text));
+            if let Some(v) = header_value("claims", Some(text)) {
+                headers.insert(name.clone(), v);
+            }
         }
     }
 }

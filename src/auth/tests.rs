@@ -1388,6 +1388,46 @@ claims = { "X-Tenant" = "tenant" }
     assert!(out.get("authorization").is_none());
 }
 
+/// An identity's header values are made once and shared by its later requests, but only for the group separator
+/// they were made with: a service with another separator gets its own groups value every time.
+#[tokio::test]
+async fn identity_header_values_follow_the_separator_of_each_service() {
+    let s = load(
+        &(policy_config()
+            + r#"
+[services.custom]
+[services.custom.identity_headers]
+group_separator = "|"
+"#),
+    );
+    let a = authn(&clock());
+    // A name with a control character cannot be a header value: it is left out, on every request.
+    let token = hs(json!({"roles": ["staff", "a|b", "c,d"], "name": "Ann\u{7}A"}));
+    let h = bearer(&token);
+    // The first check verifies the token; the cached verification's identity serves those after it.
+    check(&a, &s, "app", "/x", &h).await.unwrap();
+    let first = check(&a, &s, "app", "/x", &h).await.unwrap();
+    let other = check(&a, &s, "custom", "/x", &h).await.unwrap();
+    assert!(
+        std::ptr::eq(first.identity().unwrap(), other.identity().unwrap()),
+        "both services share the cached token's identity, so they share its header values"
+    );
+    for svc in ["app", "custom", "app", "custom"] {
+        let p = check(&a, &s, svc, "/x", &h).await.unwrap();
+        let mut out = HeaderMap::new();
+        apply_identity(s.svc(svc), &p, &mut out);
+        let groups = if svc == "app" {
+            "staff,a|b"
+        } else {
+            "staff|c,d"
+        };
+        assert_eq!(out.get("remote-groups").unwrap(), groups, "{svc}");
+        assert_eq!(out.get("remote-user").unwrap(), "ann", "{svc}");
+        assert_eq!(out.get("remote-email").unwrap(), "ann@example.com");
+        assert!(out.get("remote-name").is_none(), "{svc}");
+    }
+}
+
 #[test]
 fn describe_and_is_bypass() {
     let s = load(&policy_config());
