@@ -14,6 +14,7 @@ use std::time::Duration;
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use http::header::COOKIE;
 use http::HeaderMap;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -88,7 +89,9 @@ impl std::fmt::Debug for Store {
 /// The in-process store.
 #[derive(Default)]
 pub(crate) struct MemoryStore {
-    sessions: Mutex<HashMap<String, (Arc<Session>, u64)>>,
+    /// Keyed by session ids, which only the gateway makes (random), so a fast unkeyed hash is safe: no client can
+    /// choose keys that collide.
+    sessions: Mutex<HashMap<String, (Arc<Session>, u64), FxBuildHasher>>,
     by_sid: Mutex<HashMap<String, HashSet<String>>>,
     by_sub: Mutex<HashMap<String, HashSet<String>>>,
     /// One-time values (used sign-in states, hand-off codes) with their expiry.
@@ -120,7 +123,8 @@ pub(crate) struct RedisStore {
     url: String,
     conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     client: redis::Client,
-    local: moka::sync::Cache<String, Arc<Session>>,
+    /// Keyed by session ids, hashed like the in-process store's.
+    local: moka::sync::Cache<String, Arc<Session>, FxBuildHasher>,
 }
 
 const PREFIX: &str = "portcullis:";
@@ -146,7 +150,7 @@ impl Store {
                     local: moka::sync::Cache::builder()
                         .max_capacity(100_000)
                         .time_to_live(Duration::from_secs(1))
-                        .build(),
+                        .build_with_hasher(FxBuildHasher),
                 })))
             }
         }
@@ -462,7 +466,9 @@ pub struct CookieKeys {
     /// Session cookie values that verified, as the browser sends them (still percent-encoded), with the session
     /// id each carries. Only correctly signed values get in, so its size is bounded by the sessions issued under
     /// this key; new keys (a changed secret) start with an empty one.
-    verified: moka::sync::Cache<Box<str>, Arc<str>>,
+    /// Hashed with a fast unkeyed hash: what gets in was signed by the gateway, so no client can choose keys that
+    /// collide.
+    verified: moka::sync::Cache<Box<str>, Arc<str>, FxBuildHasher>,
 }
 
 /// Verified session cookie values kept, and for how long one is kept unused.
@@ -489,7 +495,7 @@ impl CookieKeys {
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_COOKIES)
                 .time_to_idle(VERIFIED_COOKIE_IDLE)
-                .build(),
+                .build_with_hasher(FxBuildHasher),
         }
     }
 
@@ -625,15 +631,20 @@ impl CookieKeys {
 
 /// Every `(name, pair)` of the request's `Cookie` fields, in order (RFC 6265 §5.4: pairs separated by `;`, optional
 /// spaces around them; HTTP/2 may send one field per cookie). A pair without `=` is all name.
+/// A field that is not UTF-8 is skipped. Only spaces and tabs are trimmed: a header value cannot hold other ASCII
+/// whitespace, and RFC 6265 allows no other.
 fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .flat_map(|v| v.split(';'))
         .map(|pair| {
-            let pair = pair.trim();
-            (pair.split_once('=').map_or(pair, |(n, _)| n).trim(), pair)
+            let pair = pair.trim_ascii();
+            (
+                pair.split_once('=').map_or(pair, |(n, _)| n).trim_ascii(),
+                pair,
+            )
         })
 }
 
@@ -641,7 +652,7 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 fn raw_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     cookie_pairs(headers)
         .filter(|(n, _)| *n == name)
-        .filter_map(|(_, pair)| pair.split_once('=').map(|(_, v)| v.trim()))
+        .filter_map(|(_, pair)| pair.split_once('=').map(|(_, v)| v.trim_ascii()))
         .last()
 }
 
