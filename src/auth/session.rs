@@ -792,6 +792,36 @@ mod tests {
         );
     }
 
+    /// Regression: a field holding a cookie of another application with UTF-8 text (set by a script on the same
+    /// domain) was skipped whole, so the session cookie beside it was not seen: every request went back to the
+    /// sign-in page. Bytes that are not UTF-8 still make the field unreadable, and it is dropped.
+    #[test]
+    fn session_cookie_is_found_beside_a_cookie_with_utf8_text() {
+        let k = keys();
+        let set = k.session_cookie("abc", None, Duration::from_secs(60));
+        let good = set.split(';').next().unwrap().to_owned();
+        let mut h = HeaderMap::new();
+        let field = format!("city=Z\u{fc}rich;\t{good} ; lang=en");
+        h.insert(COOKIE, HeaderValue::from_bytes(field.as_bytes()).unwrap());
+        assert_eq!(k.session_id(&h).as_deref(), Some("abc"));
+        k.strip_from_request(&mut h);
+        assert_eq!(
+            h.get(COOKIE).unwrap().as_bytes(),
+            "city=Z\u{fc}rich; lang=en".as_bytes()
+        );
+
+        let mut h = HeaderMap::new();
+        let mut latin1 = b"city=Z\xfcrich; ".to_vec();
+        latin1.extend_from_slice(good.as_bytes());
+        h.insert(COOKIE, HeaderValue::from_bytes(&latin1).unwrap());
+        assert_eq!(k.session_id(&h), None);
+        k.strip_from_request(&mut h);
+        assert!(
+            h.get(COOKIE).is_none(),
+            "an unreadable field is not passed on"
+        );
+    }
+
     #[test]
     fn only_a_verified_cookie_value_is_remembered_and_only_under_its_own_key() {
         let k = keys();
