@@ -601,18 +601,24 @@ impl CookieKeys {
     }
 
     /// Removes every cookie of ours from a `Cookie` header before the request goes upstream.
-    pub(crate) fn strip_from_request(&self, headers: &mut HeaderMap) {
-        if !headers.contains_key(COOKIE) {
-            return;
+    pub fn strip_from_request(&self, headers: &mut HeaderMap) {
+        let mut fields = headers.get_all(COOKIE).iter();
+        match (fields.next(), fields.next()) {
+            (None, _) => return,
+            // One field with nothing to take out (a bypass or Bearer request from a browser that holds other
+            // applications' cookies): it goes upstream as it came, without being copied.
+            (Some(_), None)
+                if !cookie_pairs(headers)
+                    .any(|(name, pair)| !pair.is_empty() && self.is_dropped(name)) =>
+            {
+                return
+            }
+            _ => {}
         }
         // The other cookies, in one `Cookie` field (also when HTTP/2 sent one per field: RFC 9113 §8.2.3).
         let mut kept = Vec::new();
         for (name, pair) in cookie_pairs(headers) {
-            if name.is_empty()
-                || name == self.name.as_bytes()
-                || name.starts_with(LOGIN_COOKIE_PREFIX.as_bytes())
-                || name == LOOP_COOKIE.as_bytes()
-            {
+            if self.is_dropped(name) {
                 continue;
             }
             if !kept.is_empty() {
@@ -627,6 +633,15 @@ impl CookieKeys {
             }
         }
     }
+
+    /// Whether a cookie of this name is kept from the backend: ours, and nameless ones (`=value`), which some
+    /// parsers would read with the name taken from the value.
+    fn is_dropped(&self, name: &[u8]) -> bool {
+        name.is_empty()
+            || name == self.name.as_bytes()
+            || name.starts_with(LOGIN_COOKIE_PREFIX.as_bytes())
+            || name == LOOP_COOKIE.as_bytes()
+    }
 }
 
 /// Every `(name, pair)` of the request's `Cookie` fields, in order (RFC 6265 §5.4: pairs separated by `;`, optional
@@ -637,12 +652,30 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .flat_map(|v| split_at_each(b';', v.as_bytes()))
         .map(|pair| {
             let pair = pair.trim_ascii();
-            let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+            let name = memchr::memchr(b'=', pair).map_or(pair, |i| &pair[..i]);
             (name.trim_ascii(), pair)
         })
+}
+
+/// The parts of `bytes` between occurrences of `sep` (memchr finds them a word or a vector at a time).
+fn split_at_each(sep: u8, bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(sep, r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// The value, as sent, of the last cookie called `name`; `None` when that value is not text (so not ours).
@@ -650,7 +683,7 @@ fn raw_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     let value = cookie_pairs(headers)
         .filter(|(n, _)| *n == name.as_bytes())
         .filter_map(|(_, pair)| {
-            let eq = pair.iter().position(|&b| b == b'=')?;
+            let eq = memchr::memchr(b'=', pair)?;
             Some(pair[eq + 1..].trim_ascii())
         })
         .last()?;
@@ -919,6 +952,18 @@ mod tests {
         k.strip_from_request(&mut h);
         assert_eq!(h.get_all(COOKIE).iter().count(), 1);
         assert_eq!(h.get(COOKIE).unwrap(), "theme=dark; app=1");
+        // A field with nothing of ours goes on as it came; a nameless cookie is taken out like ours.
+        for (field, upstream) in [
+            ("theme=dark;app=1 ; flag", "theme=dark;app=1 ; flag"),
+            ("theme=dark; =_portcullis=x", "theme=dark"),
+            ("_portcullis_loop=1", ""),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_static(field));
+            k.strip_from_request(&mut h);
+            let sent = h.get(COOKIE).map_or("", |v| v.to_str().unwrap());
+            assert_eq!(sent, upstream, "{field}");
+        }
     }
 
     #[tokio::test]
