@@ -158,12 +158,18 @@ impl PartialEq for HeaderValues {
 
 impl std::fmt::Debug for HeaderValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "HeaderValues(set)"
-        } else {
-            "HeaderValues(empty)"
-        })
+        fmt_memo(f, "HeaderValues", &self.0)
     }
+}
+
+/// `Name(set)` or `Name(empty)`: a memo only repeats what its owner already prints.
+fn fmt_memo<T>(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    memo: &OnceLock<T>,
+) -> std::fmt::Result {
+    let state = if memo.get().is_some() { "set" } else { "empty" };
+    write!(f, "{name}({state})")
 }
 
 /// The identity last made from a set of claims, kept beside them in memory (never stored): in a session record,
@@ -221,11 +227,7 @@ impl Clone for IdentityMemo {
 
 impl std::fmt::Debug for IdentityMemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "IdentityMemo(set)"
-        } else {
-            "IdentityMemo(empty)"
-        })
+        fmt_memo(f, "IdentityMemo", &self.0)
     }
 }
 
