@@ -118,13 +118,14 @@ impl Values {
 }
 
 /// `text` as a header value, or `None` when it has characters a header cannot carry. Claim text comes from the
-/// issuer; such a value is not sent rather than mangled.
-fn header_value(header: &'static str, text: Option<String>) -> Option<HeaderValue> {
+/// issuer; such a value is not sent rather than mangled, and the debug log names `field` (the identity field, or
+/// the claim header's name).
+fn header_value(field: &str, text: Option<String>) -> Option<HeaderValue> {
     let text = text?;
     match HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())) {
         Ok(v) => Some(v),
         Err(_) => {
-            tracing::debug!(header, "identity value not representable as a header");
+            tracing::debug!(field, "identity value not representable as a header");
             None
         }
     }
@@ -482,7 +483,7 @@ pub fn apply_identity(policy: &ServicePolicy, permit: &Permit, headers: &mut Hea
             .lookup(&id.claims)
             .and_then(|v| claim_text(v, &h.separator))
         {
-            if let Some(v) = header_value("claims", Some(text)) {
+            if let Some(v) = header_value(name.as_str(), Some(text)) {
                 headers.insert(name.clone(), v);
             }
         }
